@@ -9,24 +9,10 @@ from pathlib import Path
 from generators.examples import document_text
 from generators.query_gen import judge_rows
 from generators.roundtrip import round_trip_rate, source_ranks
+from retrievers.dense import dense_search
 
 log = logging.getLogger(__name__)
 RANK_DEPTH = 10
-
-
-def _dense_run(model_dir: Path, index_dir: Path, queries: dict[str, str]):
-    import json
-
-    from retrievers import faiss_index
-    from retrievers.dense import encode, load_sentence_encoder
-
-    model = load_sentence_encoder(model_dir)
-    ids = list(queries)
-    vectors = encode(model, [queries[q] for q in ids], 64, progress=False)
-    scores, rows = faiss_index.search(faiss_index.load_index(index_dir / "index.faiss"), vectors, RANK_DEPTH)
-    doc_ids = json.loads((index_dir / "docids.json").read_text())
-    return {q: {doc_ids[r]: float(s) for s, r in zip(scores[i], rows[i], strict=True) if r >= 0}
-            for i, q in enumerate(ids)}
 
 
 def filter_generated(rows: list[dict], corpus: dict[str, dict[str, str]], example_queries: list[str],
@@ -41,7 +27,7 @@ def filter_generated(rows: list[dict], corpus: dict[str, dict[str, str]], exampl
     usable = {r["query_id"]: r["text"] for r in rows if r["text"].strip()}
     sources = {r["query_id"]: r["doc_id"] for r in rows if r["query_id"] in usable}
     bm25_ranks = source_ranks(bm25_search(bm25_index, usable, RANK_DEPTH) if usable else {}, sources)
-    dense_ranks = source_ranks(_dense_run(dense_model, dense_index, usable) if usable else {}, sources)
+    dense_ranks = source_ranks(dense_search(dense_model, dense_index, usable, RANK_DEPTH) if usable else {}, sources)
     for row in rows:
         row["bm25_rank"] = bm25_ranks.get(row["query_id"]) or 0
         row["dense_rank"] = dense_ranks.get(row["query_id"]) or 0

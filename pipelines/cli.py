@@ -149,7 +149,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"error: the DAG did not complete ({result.status.name}); see {log_file}", file=sys.stderr)
         return 1
     _log_work_done(roots, started)
-    for root, link, page in zip(roots, ("report", "generation"), ("results.md", "generation.md"), strict=False):
+    for root in roots:
+        link, page = root.publish_as
         _publish(root, workdir, link)
         print((root.out_dir / page).read_text())
         print(f"{link}: {workdir / link} -> {root.out_dir}")

@@ -10,7 +10,15 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from eval.metrics import DEFAULT_METRICS, MEASURE_NAMES
 from retrievers.errors import UserError
@@ -105,6 +113,83 @@ class GenerationConfig(_Strict):
         return self
 
 
+class TeacherConfig(_Strict):
+    """One teacher of the ensemble (Geng et al., 2024): dense / sparse siamese, BM25, or a cross-encoder."""
+
+    kind: Literal["dense", "sparse", "bm25", "cross"]
+    model: str | None = Field(None, description="model role or source (every kind but bm25)")
+    batch_size: int = Field(32, ge=1)
+    shards: int = Field(4, ge=1, description="dense: shards of its corpus index (shared with a dense retriever "
+                                             "of the same settings)")
+    max_seq_length: int = Field(0, ge=0)
+    k1: float = Field(0.9, gt=0)
+    b: float = Field(0.4, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _model_needed(self) -> TeacherConfig:
+        if self.kind == "bm25" and self.model:
+            raise ValueError("a bm25 teacher takes no model")
+        if self.kind != "bm25" and not self.model:
+            raise ValueError(f"a {self.kind} teacher needs a model (a role in [models] or a source)")
+        return self
+
+
+class TrainingConfig(_Strict):
+    """Training data: candidate mining, GISTEmbed guide filter, teacher ensemble, TAS-Balanced sampling."""
+
+    dataset: str | None = Field(None, description="corpus to mine (default: the first in [data])")
+    queries: Literal["split", "generated"] = "generated"
+    queries_split: str = Field("train", description="queries = \"split\": the judged split used as queries")
+    generator: str | None = Field(None, description="queries = \"generated\": generator role (default: first)")
+    prompt: Literal["zero-shot", "promptagator", "sptar"] | None = None
+    positives: Literal["all", "first"] = Field(
+        "all", description="first: only each query's first judged document is its positive; the others stay "
+                           "candidates (how the guide filter is measured against labels it was not told)")
+    base_model: str = Field("base", description="dense miner and query clustering model")
+    base_shards: int = Field(4, ge=1)
+    base_batch_size: int = Field(64, ge=1)
+    bm25_candidates: int = Field(30, ge=0)
+    dense_candidates: int = Field(30, ge=0)
+    guide: str = Field(description="name of a dense teacher in [training.teachers] that guides the filter")
+    guide_margin: float = Field(0.0, ge=0)
+    guide_margin_strategy: Literal["absolute", "relative"] = "absolute"
+    study_margins_absolute: list[float] = Field(default_factory=lambda: [0.0, 0.02, 0.05, 0.1, 0.2])
+    study_margins_relative: list[float] = Field(default_factory=lambda: [0.0, 0.05, 0.1, 0.2])
+    teachers: dict[str, TeacherConfig] = Field(min_length=1)
+    weights: dict[str, float] = Field(default_factory=dict, description="teacher name -> weight (default 1 each)")
+    normalization: Literal["minmax", "zscore"] = "minmax"
+    clusters: int = Field(32, ge=1)
+    margin_bins: int = Field(10, ge=2)
+    rerank_splits: list[str] = Field(default_factory=lambda: ["train", "test"],
+                                     description="splits whose BM25 top-k each teacher and the ensemble rerank")
+    rerank_depth: int = Field(100, ge=1)
+    seed: int = 13
+
+    @field_validator("weights")
+    @classmethod
+    def _known_teachers(cls, weights: dict[str, float], info: ValidationInfo) -> dict[str, float]:
+        teachers = info.data.get("teachers", {})
+        for name in weights:
+            if name not in teachers:
+                raise ValueError(f"{name!r} is not a teacher in [training.teachers] ({', '.join(teachers)})")
+        if any(w < 0 for w in weights.values()) or (weights and sum(weights.values()) <= 0):
+            raise ValueError("weights must be non-negative and not all zero")
+        return weights
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainingConfig:
+        if self.bm25_candidates + self.dense_candidates == 0:
+            raise ValueError("bm25_candidates and dense_candidates are both 0: no candidates to mine")
+        guide = self.teachers.get(self.guide)
+        if guide is None or guide.kind != "dense":
+            raise ValueError(f"guide: {self.guide!r} must name a dense teacher in [training.teachers]")
+        return self
+
+    def teacher_weights(self) -> dict[str, float]:
+        """Every teacher's ensemble weight (1.0 where ``weights`` does not name it)."""
+        return {name: self.weights.get(name, 1.0) for name in self.teachers}
+
+
 class RunConfig(_Strict):
     name: str = "stillhouse"
     workdir: str = "work"
@@ -113,6 +198,7 @@ class RunConfig(_Strict):
     retrievers: dict[str, Retriever] = Field(min_length=1)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     generation: GenerationConfig | None = None
+    training: TrainingConfig | None = None
 
     @model_validator(mode="after")
     def _models_resolve(self) -> RunConfig:
@@ -130,7 +216,24 @@ class RunConfig(_Strict):
             self.model_source(self.generation.dense_model, where="generation.dense_model")
             if self.generation.dataset and self.generation.dataset not in self.data.datasets:
                 raise ValueError(f"generation.dataset: {self.generation.dataset!r} is not in [data] datasets")
+        if self.training is not None:
+            self._check_training(self.training)
         return self
+
+    def _check_training(self, training: TrainingConfig) -> None:
+        self.model_source(training.base_model, where="training.base_model")
+        for name, teacher in training.teachers.items():
+            if teacher.model:
+                self.model_source(teacher.model, where=f"training.teachers.{name}.model")
+        if training.dataset and training.dataset not in self.data.datasets:
+            raise ValueError(f"training.dataset: {training.dataset!r} is not in [data] datasets")
+        if training.queries == "generated":
+            if self.generation is None:
+                raise ValueError("training.queries = \"generated\" needs a [generation] section")
+            if training.generator and training.generator not in self.generation.generators:
+                raise ValueError(f"training.generator: {training.generator!r} is not in generation.generators")
+            if training.prompt and training.prompt not in self.generation.prompts:
+                raise ValueError(f"training.prompt: {training.prompt!r} is not in generation.prompts")
 
     def model_source(self, role_or_source: str, where: str = "model") -> str:
         """A role from ``[models]``, or a source string given inline."""

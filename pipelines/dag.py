@@ -44,13 +44,54 @@ def generation_entries(cfg: RunConfig, data_dir: Path) -> list[dict]:
             for role in gen_cfg.generators for prompt in gen_cfg.prompts]
 
 
+def training_settings(cfg: RunConfig, data_dir: Path) -> dict:
+    """``[training]`` resolved for the training-data tasks: model roles to sources, data sets to
+    LoadDataset parameters, the generated-query source to its generation entry."""
+    t = cfg.training
+    assert t is not None
+    dataset = t.dataset or (cfg.generation.dataset if t.queries == "generated" and cfg.generation else None) \
+        or cfg.data.datasets[0]
+    teachers = {}
+    for name, teacher in t.teachers.items():
+        spec = teacher.model_dump()
+        spec["model"] = cfg.model_source(teacher.model, where=f"training.teachers.{name}.model") if teacher.model \
+            else ""
+        teachers[name] = spec
+    gen = None
+    if t.queries == "generated":
+        entries = generation_entries(cfg, data_dir)
+        wanted_generator = cfg.model_source(t.generator) if t.generator else entries[0]["generator"]
+        wanted_prompt = t.prompt or entries[0]["prompt"]
+        gen = next(e for e in entries if e["generator"] == wanted_generator and e["prompt"] == wanted_prompt)
+    rerank_splits = [{**dataset_params(cfg, dataset, data_dir), "split": split} for split in t.rerank_splits]
+    return {
+        "dataset": {**dataset_params(cfg, dataset, data_dir), "split": t.queries_split},
+        "corpus": dataset_params(cfg, dataset, data_dir),
+        "queries": t.queries, "gen": gen, "positives": t.positives,
+        "base": {"model": cfg.model_source(t.base_model, where="training.base_model"), "shards": t.base_shards,
+                 "batch_size": t.base_batch_size, "max_seq_length": 0},
+        "bm25_candidates": t.bm25_candidates, "dense_candidates": t.dense_candidates,
+        "guide": t.guide, "guide_teacher": teachers[t.guide], "guide_margin": t.guide_margin,
+        "guide_margin_strategy": t.guide_margin_strategy,
+        "study": [["absolute", m] for m in t.study_margins_absolute]
+        + [["relative", m] for m in t.study_margins_relative],
+        "teachers": teachers, "weights": t.teacher_weights(), "normalization": t.normalization,
+        "clusters": t.clusters, "margin_bins": t.margin_bins, "seed": t.seed,
+        "rerank": {"splits": rerank_splits, "depth": t.rerank_depth}, "metrics": list(cfg.eval.metrics),
+    }
+
+
 def build_roots(cfg: RunConfig, workdir: Path, data_dir: Path) -> list[StageTask]:
-    """The DAG's roots: the evaluation report, and the query generation report when configured."""
+    """The DAG's roots: the evaluation report, and the generation and training-data reports when configured."""
     from pipelines.tasks.generation import QueryGenReport
+    from pipelines.tasks.training_report import REPORT_KEYS, TrainingDataReport
 
     roots: list[StageTask] = [build_report_task(cfg, workdir, data_dir)]
     if cfg.generation is not None:
         roots.append(QueryGenReport(workdir=str(workdir), entries=generation_entries(cfg, data_dir)))
+    if cfg.training is not None:
+        settings = training_settings(cfg, data_dir)
+        roots.append(TrainingDataReport(workdir=str(workdir), training={k: settings[k] for k in REPORT_KEYS}))
     return roots
 
 

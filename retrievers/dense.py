@@ -40,3 +40,19 @@ def encode(model, texts: list[str], batch_size: int, progress: bool = True, desc
         return np.zeros((0, model.get_sentence_embedding_dimension()), dtype=np.float32)
     vectors = model.encode(texts, batch_size=batch_size, show_progress_bar=progress, convert_to_numpy=True)
     return np.asarray(vectors, dtype=np.float32)
+
+
+def dense_search(model_dir: Path, index_dir: Path, queries: dict[str, str], k: int, batch_size: int = 64,
+                 max_seq_length: int = 0, progress: bool = False):
+    """Top-``k`` documents per query from a FAISS index folder (``index.faiss`` + ``docids.json``)."""
+    import json
+
+    from retrievers import faiss_index
+
+    model = load_sentence_encoder(model_dir, max_seq_length or None)
+    query_ids = list(queries)
+    vectors = encode(model, [queries[q] for q in query_ids], batch_size, progress=progress, desc="queries")
+    scores, rows = faiss_index.search(faiss_index.load_index(index_dir / "index.faiss"), vectors, k)
+    doc_ids = json.loads((index_dir / "docids.json").read_text())
+    return {qid: {doc_ids[r]: float(s) for s, r in zip(scores[i], rows[i], strict=True) if r >= 0}
+            for i, qid in enumerate(query_ids)}

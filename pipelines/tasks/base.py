@@ -11,6 +11,7 @@ import traceback
 from pathlib import Path
 
 import luigi
+from luigi.freezing import recursively_unfreeze
 from luigi.task import flatten
 
 from pipelines.artifacts import atomic_dir, write_json_atomic
@@ -29,6 +30,8 @@ class StageTask(luigi.Task):
     """
 
     workdir = luigi.Parameter(description="root folder of all artifacts (local or shared storage)")
+    # A DAG root's (link name under the workdir, page printed at the end of a run).
+    publish_as: tuple[str, str] = ("", "")
 
     def fingerprint_payload(self) -> dict:
         params = self.to_str_params(only_significant=True)
@@ -72,7 +75,8 @@ class StageTask(luigi.Task):
             self.build(tmp)
             write_json_atomic(tmp / "provenance.json", {
                 "task": self.task_family, "task_id": self.task_id, "fingerprint": self.fingerprint(),
-                "params": self.fingerprint_payload(), "host": socket.gethostname(), "pid": os.getpid(),
+                "params": recursively_unfreeze(self.fingerprint_payload()), "host": socket.gethostname(),
+                "pid": os.getpid(),
                 "seconds": round(time.time() - started, 3), "finished": time.time(),
             })
         log.info("%s: done in %.1fs", self.label(), time.time() - started)

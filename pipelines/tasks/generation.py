@@ -255,6 +255,7 @@ class QueryGenReport(StageTask):
     """Side by side for every (generator, prompt) pair: held-out NLL per token of real queries, round-trip
     rates under BM25 and the base dense model, copy, degenerate and kept rates (``generation.md``)."""
 
+    publish_as = ("generation", "generation.md")
     entries = luigi.ListParameter(description="one gen dict (JUDGE_KEYS + nll_pairs) per (generator, prompt)")
 
     def filters(self) -> list[FilterQueries]:

@@ -43,6 +43,7 @@ class Evaluate(DatasetTask):
 class Report(StageTask):
     """``results.json``, ``results.md`` and bar charts over every (data set, retriever) pair."""
 
+    publish_as = ("report", "results.md")
     entries = luigi.ListParameter(description="[{name, dataset, retriever}] in report order")
     metrics = luigi.ListParameter()
 

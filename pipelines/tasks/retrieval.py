@@ -16,7 +16,7 @@ from pipelines.tasks.base import StageTask
 from pipelines.tasks.data import FetchModel, LoadDataset
 from retrievers import faiss_index
 from retrievers.bm25 import bm25_search, build_bm25_index
-from retrievers.dense import document_text, encode, load_sentence_encoder
+from retrievers.dense import dense_search, document_text, encode, load_sentence_encoder
 from retrievers.runs import write_trec_run
 
 log = logging.getLogger("stillhouse")
@@ -171,16 +171,10 @@ class DenseSearch(DenseTask):
 
     def build(self, folder: Path) -> None:
         queries = self.dataset_task().load().queries
-        query_ids = list(queries)
-        model = load_sentence_encoder(self.fetch_task().model_dir(), self.max_seq_length or None)
         started = time.perf_counter()
-        vectors = encode(model, [queries[q] for q in query_ids], self.batch_size, progress=False)
-        index_dir = self.index_task().out_dir
-        scores, rows = faiss_index.search(faiss_index.load_index(index_dir / "index.faiss"), vectors, self.top_k)
+        run = dense_search(self.fetch_task().model_dir(), self.index_task().out_dir, queries, self.top_k,
+                           self.batch_size, self.max_seq_length)
         seconds = time.perf_counter() - started
-        doc_ids = json.loads((index_dir / "docids.json").read_text())
-        run = {qid: {doc_ids[r]: float(s) for s, r in zip(scores[i], rows[i], strict=True) if r >= 0}
-               for i, qid in enumerate(query_ids)}
         write_trec_run(run, folder / "run.trec", "dense")
         (folder / "timing.json").write_text(json.dumps({"queries": len(queries), "seconds": seconds}))
 

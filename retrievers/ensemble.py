@@ -1,0 +1,58 @@
+"""Per-query score normalization and weighted aggregation of a heterogeneous teacher ensemble.
+
+Geng et al. (2024), "Towards Competitive Search Relevance For Inference-Free Learned Sparse
+Retrievers", §3.2: teachers' scores live on different scales (cosine, SPLADE dot products, BM25), so
+each teacher's scores over one query's candidate list are min-max normalized,
+``s'(q, d) = (s(q, d) - min_d' s(q, d')) / (max_d' s(q, d') - min_d' s(q, d'))``, and the ensemble score
+is the weighted sum ``S(q, d) = sum_t w_t s'_t(q, d)`` (eq. 3-4 of the paper, weights configurable
+here). The z-score variant ``(s - mean) / std`` is offered as an option.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+
+Normalization = Literal["minmax", "zscore", "none"]
+
+
+def _group_bounds(query_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Group index of every row and the number of groups (rows of one query need not be contiguous)."""
+    _, group = np.unique(query_ids, return_inverse=True)
+    return group, int(group.max()) + 1 if len(group) else 0
+
+
+def normalize_per_query(scores: np.ndarray, query_ids: np.ndarray, method: Normalization) -> np.ndarray:
+    """Normalize ``scores`` within each query's rows; a query whose scores are all equal maps to 0."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if method == "none" or scores.size == 0:
+        return scores.astype(np.float32)
+    group, n = _group_bounds(np.asarray(query_ids))
+    if method == "minmax":
+        low = np.full(n, np.inf)
+        high = np.full(n, -np.inf)
+        np.minimum.at(low, group, scores)
+        np.maximum.at(high, group, scores)
+        span = high - low
+        out = np.where(span[group] > 0, (scores - low[group]) / np.where(span > 0, span, 1)[group], 0.0)
+    elif method == "zscore":
+        count = np.bincount(group, minlength=n)
+        mean = np.bincount(group, weights=scores, minlength=n) / count
+        var = np.bincount(group, weights=(scores - mean[group]) ** 2, minlength=n) / count
+        std = np.sqrt(var)
+        out = np.where(std[group] > 0, (scores - mean[group]) / np.where(std > 0, std, 1)[group], 0.0)
+    else:
+        raise ValueError(f"unknown normalization {method!r}")
+    return out.astype(np.float32)
+
+
+def aggregate(normalized: dict[str, np.ndarray], weights: dict[str, float]) -> np.ndarray:
+    """``sum_t w_t s'_t`` over the teachers named in ``weights`` (all must have scores)."""
+    missing = [name for name in weights if name not in normalized]
+    if missing:
+        raise ValueError(f"no scores for teacher {missing[0]!r}")
+    total = sum(weights.values())
+    if total <= 0:
+        raise ValueError("ensemble weights must sum to a positive number")
+    return sum(np.asarray(normalized[name], dtype=np.float64) * w for name, w in weights.items()).astype(np.float32)
