@@ -79,6 +79,8 @@ def load_sparse_encoder(model_dir: Path, max_seq_length: int = 0):
         model = SparseEncoder(modules=[transformer, SpladePooling("max")], device=device)
     if max_seq_length:
         model.max_seq_length = max_seq_length
+    if device == "cuda":
+        model = model.half()
     return model
 
 
@@ -131,13 +133,18 @@ def bm25_pair_scores(index_dir: Path, queries: dict[str, str], pairs: Pairs, k1:
 
 def cross_pair_scores(model_dir: Path, queries: dict[str, str], corpus: dict[str, dict[str, str]], pairs: Pairs,
                       batch_size: int = 32, max_seq_length: int = 0) -> np.ndarray:
-    """A cross-encoder's relevance logits (Nogueira & Cho, 2019) through sentence-transformers' CrossEncoder."""
+    """A cross-encoder's relevance logits (Nogueira & Cho, 2019) through sentence-transformers' CrossEncoder.
+
+    No cross-encoder ships as a PyPI wheel, so this path runs only with a user's ``hf:`` or ``path:`` model.
+    """
     from sentence_transformers import CrossEncoder
 
     if not pairs:
         return np.zeros(0, dtype=np.float32)
-    model = CrossEncoder(str(model_dir), device=pick_device(), max_length=max_seq_length or None,
-                         local_files_only=True)
+    device = pick_device()
+    model = CrossEncoder(str(model_dir), device=device, max_length=max_seq_length or None, local_files_only=True)
+    if device == "cuda":
+        model = model.half()
     texts = [(queries[q], document_text(corpus[d])) for q, d in pairs]
     return np.asarray(model.predict(texts, batch_size=batch_size, show_progress_bar=True), dtype=np.float32)
 

@@ -180,7 +180,8 @@ def render_markdown(payload: dict, metrics: list[str]) -> str:
         for row in rerank["rows"]:
             lines.append(f"| {row['reranker']} | " + " | ".join(f"{row['metrics'][m]:.4f}" for m in metrics) + " |")
         top = rerank["grid"][:3]
-        lines += ["", f"Best weights on this split by {rerank['grid_metric']}: " + "; ".join(
+        lines += ["", f"{len(rerank['grid'])} weightings tried (each teacher 0, 0.5, 1 or 2); best on this split by "
+                      f"{rerank['grid_metric']}: " + "; ".join(
             "(" + ", ".join(f"{k}={v:g}" for k, v in g["weights"].items()) + f") {g['value']:.4f}" for g in top)]
     tas = payload["tas"]
     lines += ["", "## TAS-Balanced sampling", "",
