@@ -25,6 +25,7 @@ class DecodeSettings:
     top_p: float = 0.95
     repetition_penalty: float = 1.0
     batch_size: int = 16
+    no_repeat_ngram_size: int = 0  # n-grams may not repeat within the generated query (0 = off)
 
 
 @dataclass
@@ -57,8 +58,9 @@ def generate(model, tokenizer, prompts: list[str], settings: DecodeSettings, max
             input_ids = torch.tensor([[pad] * (width - len(encoded[i])) + encoded[i] for i in batch], device=device)
             attention = torch.tensor([[0] * (width - len(encoded[i])) + [1] * len(encoded[i]) for i in batch],
                                      device=device)
+            processors = _ngram_blockers(width, settings.no_repeat_ngram_size)
             with torch.no_grad():
-                output = model.generate(input_ids=input_ids, attention_mask=attention,
+                output = model.generate(logits_processor=processors, input_ids=input_ids, attention_mask=attention,
                                         max_new_tokens=settings.max_new_tokens,
                                         num_return_sequences=settings.num_queries, stop_strings=["\n"],
                                         tokenizer=tokenizer, pad_token_id=pad,
@@ -75,3 +77,35 @@ def generate(model, tokenizer, prompts: list[str], settings: DecodeSettings, max
                 results[batch[row // settings.num_queries]].append(Generated(text, ended or "\n" in text, logprob))
             progress.update(len(batch))
     return results
+
+
+def _ngram_blockers(prompt_width: int, n: int):
+    from transformers import LogitsProcessorList
+
+    return LogitsProcessorList([GeneratedNGramBlocker(prompt_width, n)] if n > 0 else [])
+
+
+class GeneratedNGramBlocker:
+    """Forbid a token that would repeat an ``n``-gram of the tokens generated so far.
+
+    transformers' ``no_repeat_ngram_size`` and ``repetition_penalty`` also look at the prompt, so they
+    forbid or penalize every phrase of the document and the examples; a query must be free to reuse the
+    document's terms, and only its own loops ("of the effect of the effect of") are blocked here.
+    """
+
+    def __init__(self, prompt_width: int, n: int) -> None:
+        self.prompt_width = prompt_width
+        self.n = n
+
+    def __call__(self, input_ids, scores):
+        generated = input_ids[:, self.prompt_width:].tolist()
+        for row, tokens in enumerate(generated):
+            if len(tokens) < self.n:
+                continue
+            prefix = tuple(tokens[len(tokens) - self.n + 1:])
+            banned = {tuple(tokens[i:i + self.n - 1]) == prefix and tokens[i + self.n - 1]
+                      for i in range(len(tokens) - self.n + 1)}
+            banned.discard(False)
+            if banned:
+                scores[row, list(banned)] = float("-inf")
+        return scores

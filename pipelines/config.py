@@ -96,6 +96,8 @@ class GenerationConfig(_Strict):
     temperature: float = Field(0.7, gt=0)
     top_p: float = Field(0.95, gt=0, le=1)
     repetition_penalty: float = Field(1.0, gt=0)
+    no_repeat_ngram_size: int = Field(0, ge=0, description="block repeated n-grams within the generated query "
+                                                           "only (0 = off)")
     batch_size: int = Field(16, ge=1)
     shards: int = Field(4, ge=1)
     roundtrip: Literal["bm25", "dense"] = "bm25"

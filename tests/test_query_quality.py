@@ -41,3 +41,17 @@ def test_example_roles_are_disjoint(beir_dir: Path) -> None:
     docs = [{e.doc_id for e in role} for role in (split.prompt, split.tune, split.filter_eval, split.held_out)]
     assert all(not (a & b) for i, a in enumerate(docs) for b in docs[i + 1:])
     assert all(e.document == document_text(data.corpus[e.doc_id]) for e in split.prompt)
+
+
+def test_ngram_blocker_only_looks_at_generated_tokens() -> None:
+    import torch
+
+    from generators.generate import GeneratedNGramBlocker
+
+    blocker = GeneratedNGramBlocker(prompt_width=3, n=2)
+    # prompt [5, 6, 5] then generated [6, 7, 6]: the bigram (6, 7) was generated, so 7 is banned after 6;
+    # the prompt's bigram (5, 6) is not, so 5 followed by 6 stays allowed elsewhere.
+    ids = torch.tensor([[5, 6, 5, 6, 7, 6], [5, 6, 5, 1, 2, 3]])
+    scores = blocker(ids, torch.zeros(2, 10))
+    assert scores[0, 7] == float("-inf") and torch.isfinite(scores[0, [0, 1, 2, 3, 4, 5, 6, 8, 9]]).all()
+    assert torch.isfinite(scores[1]).all()

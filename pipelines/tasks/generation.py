@@ -27,7 +27,10 @@ SOFT_KEYS = (*EXAMPLE_KEYS, *BUILDER_KEYS, "virtual_tokens", "tune_epochs", "lea
              "sptar_examples")
 FILTER_KEYS = (*SOFT_KEYS, "filter_groups")
 DECODE_KEYS = ("queries_per_doc", "max_new_tokens", "do_sample", "temperature", "top_p", "repetition_penalty",
-               "batch_size")
+               "batch_size", "no_repeat_ngram_size")
+# Settings added after outputs existed: left out of a spec while at their neutral value, so the cached
+# outputs of runs that never set them keep their fingerprints.
+NEUTRAL_DEFAULTS = {"no_repeat_ngram_size": 0}
 GENERATE_KEYS = (*FILTER_KEYS, "generator_name", "prompt", "target_dataset", "targets", "max_target_docs", "shards",
                  *DECODE_KEYS)
 JUDGE_KEYS = (*GENERATE_KEYS, "roundtrip", "roundtrip_k", "dense_model")
@@ -42,7 +45,8 @@ def spec(cls: type[GenTask], gen: dict) -> dict:
     keys = cls.reads
     if gen.get("prompt", "sptar") != "sptar":
         keys = tuple(k for k in keys if k not in SPTAR_ONLY_KEYS)
-    return {key: gen[key] for key in keys}
+    return {key: gen[key] for key in keys
+            if not (key in NEUTRAL_DEFAULTS and gen.get(key, NEUTRAL_DEFAULTS[key]) == NEUTRAL_DEFAULTS[key])}
 
 
 class GenTask(StageTask):
@@ -206,7 +210,7 @@ class GenerateShard(GenTask):
         builder = self.builder(lm.tokenizer)
         settings = DecodeSettings(self.gen["queries_per_doc"], self.gen["max_new_tokens"], self.gen["do_sample"],
                                   self.gen["temperature"], self.gen["top_p"], self.gen["repetition_penalty"],
-                                  self.gen["batch_size"])
+                                  self.gen["batch_size"], self.gen.get("no_repeat_ngram_size", 0))
         rows = generate_rows(lm, prompt_setup(self), builder, docs[lo:hi], settings,
                              self.gen["generator_name"], desc=self.label())
         with open(folder / "rows.jsonl", "w") as out:
