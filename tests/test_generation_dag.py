@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import run_cli, run_until_then_kill, write_config
-from .test_generation import SMOLLM2
+from .conftest import SMOLLM2, run_cli, run_until_then_kill, write_config
 
 pytestmark = pytest.mark.slow
 
