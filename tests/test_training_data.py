@@ -245,6 +245,8 @@ def test_guide_with_another_tokenizer_and_a_shorter_window_is_one_line(minilm_di
         gist_loss(student, guide, student_name=MINILM, guide_name="smollm2")
     guide.max_seq_length = 512  # a longer window re-reads the student's decoded text: accepted
     assert gist_loss(student, guide, student_name=MINILM, guide_name="smollm2").guide is guide
+    cached = gist_loss(student, guide, cached=True, mini_batch_size=8, student_name=MINILM, guide_name="smollm2")
+    assert type(cached).__name__ == "CachedGISTEmbedLoss" and cached.mini_batch_size == 8
 
 
 def test_sparse_teacher_without_an_mlm_head_is_one_line(minilm_dir: Path) -> None:
