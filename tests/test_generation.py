@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from eval.beir_data import load_beir
 from generators.examples import labeled_pairs, split_examples
-from generators.generate import DecodeSettings
+from generators.generate import DecodeSettings, generate, shared_prefix
 from generators.lm import load_causal_lm
 from generators.nll import target_nll
 from generators.prompts import PromptBuilder
@@ -92,3 +93,40 @@ def test_bad_generator_inputs(examples, tmp_path: Path) -> None:
         PromptSetup("promptagator", [])
     with pytest.raises(UserError, match="at most 8"):
         PromptSetup("promptagator", examples.held_out[:9])
+
+
+def test_shared_prefix_cache_gives_the_same_queries(smollm2, examples) -> None:
+    """The 8-shot prefix is encoded once and reused; greedy outputs must equal those of whole prompts."""
+    builder = PromptBuilder(smollm2.tokenizer, max_doc_tokens=64, max_example_doc_tokens=32)
+    prompts = [builder.build(e.document, examples.prompt) for e in examples.held_out[:4]]
+    whole = [smollm2.tokenizer(p)["input_ids"] for p in prompts]
+    assert len(shared_prefix(whole)) > 0.5 * min(len(ids) for ids in whole)
+    settings = DecodeSettings(max_new_tokens=12, batch_size=4)
+    shared = generate(smollm2.model, smollm2.tokenizer, prompts, settings, 4096)
+    plain = generate(smollm2.model, smollm2.tokenizer, prompts, replace(settings, share_prefix=False), 4096)
+    assert [g[0].text for g in shared] == [g[0].text for g in plain]
+    assert [g[0].logprob for g in shared] == pytest.approx([g[0].logprob for g in plain], abs=1e-3)
+
+
+def test_cached_soft_prompt_decodes_as_peft_forward_does(smollm2, examples) -> None:
+    """A soft prompt runs in front of the shared cache exactly as peft's forward puts it (training and NLL)."""
+    import torch
+    from peft import PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
+
+    config = PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=6,
+                                prompt_tuning_init=PromptTuningInit.TEXT, prompt_tuning_init_text="Write a query.",
+                                tokenizer_name_or_path=str(smollm2.model_dir))
+    wrapped = get_peft_model(smollm2.model, config).eval()
+    builder = PromptBuilder(smollm2.tokenizer, max_doc_tokens=48, max_example_doc_tokens=24)
+    prompts = [builder.build(e.document, examples.prompt[:2]) for e in examples.held_out[:2]]
+    ours = generate(wrapped, smollm2.tokenizer, prompts, DecodeSettings(max_new_tokens=10, batch_size=2), 4096)
+    for prompt, generated in zip(prompts, ours, strict=True):
+        ids = smollm2.tokenizer(prompt, return_tensors="pt")["input_ids"]
+        reference = []
+        with torch.no_grad():  # greedy decoding through peft's forward, the path training and NLL use
+            for _ in range(10):
+                logits = wrapped(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+                ids = torch.cat([ids, logits[:, -1:].argmax(-1)], dim=1)
+                reference.append(int(ids[0, -1]))
+        text = smollm2.tokenizer.decode(reference, skip_special_tokens=True)
+        assert text.split("\n")[0].strip() == generated[0].text.split("\n")[0].strip()
