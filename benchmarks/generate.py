@@ -34,6 +34,7 @@ def main() -> None:
     parser.add_argument("--batch-sizes", default="16")
     parser.add_argument("--shots", default="0,8")
     parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--share-prefix", default="true,false", help="comma list of true/false")
     args = parser.parse_args()
 
     import torch
@@ -48,8 +49,10 @@ def main() -> None:
         for shots in (int(s) for s in args.shots.split(",")):
             prompts = [builder.build(d, split.prompt[:shots]) for d in docs]
             prompt_tokens = sum(len(lm.tokenizer(p)["input_ids"]) for p in prompts) / len(prompts)
-            for batch_size in (int(b) for b in args.batch_sizes.split(",")):
-                settings = DecodeSettings(max_new_tokens=args.max_new_tokens, batch_size=batch_size)
+            for batch_size, share in ((int(b), s == "true") for b in args.batch_sizes.split(",")
+                                      for s in args.share_prefix.split(",")):
+                settings = DecodeSettings(max_new_tokens=args.max_new_tokens, batch_size=batch_size,
+                                          share_prefix=share)
                 generate(lm.model, lm.tokenizer, prompts[:batch_size], settings, 4096, desc="warm-up")
                 if lm.device.startswith("cuda"):
                     torch.cuda.synchronize()
@@ -61,7 +64,7 @@ def main() -> None:
                 new_tokens = sum(len(lm.tokenizer(g[0].text, add_special_tokens=False)["input_ids"]) for g in out)
                 print(json.dumps({"model": model_dir.name if args.model_dir else args.model, "device": lm.device,
                                   "shots": shots, "mean_prompt_tokens": round(prompt_tokens), "docs": len(docs),
-                                  "batch_size": batch_size, "seconds": round(seconds, 1),
+                                  "batch_size": batch_size, "share_prefix": share, "seconds": round(seconds, 1),
                                   "queries_per_s": round(len(docs) / seconds, 2),
                                   "new_tokens_per_s": round(new_tokens / seconds, 1)}))
 

@@ -1,5 +1,6 @@
-"""Judge generated queries: copies, degenerate outputs, duplicates, and round-trip ranks under BM25 and
-the base dense model; keep those that pass (Promptagator's round-trip consistency, k = 1 by default)."""
+"""Judge generated queries: copies, degenerate outputs, duplicates, and round-trip ranks under BM25, the
+base dense model and (optionally) the dense model fine-tuned on the unfiltered queries; keep those that pass
+(Promptagator's round-trip consistency, k = 1 by default)."""
 
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ RANK_DEPTH = 10
 
 def filter_generated(rows: list[dict], corpus: dict[str, dict[str, str]], example_queries: list[str],
                      bm25_index: Path, dense_index: Path, dense_model: Path, roundtrip: str, k: int,
-                     out_path: Path) -> dict:
-    """Label ``rows`` in place, write them as Parquet, and return the summary counts."""
+                     out_path: Path, trained: Path | None = None) -> dict:
+    """Label ``rows`` in place, write them as Parquet, and return the summary counts. ``trained`` is a
+    ``RoundTripRetriever`` folder (``model/`` + ``index/``), needed when ``roundtrip`` is ``"trained"``."""
     from datasets import Dataset
 
     from retrievers.bm25 import bm25_search
@@ -28,13 +30,25 @@ def filter_generated(rows: list[dict], corpus: dict[str, dict[str, str]], exampl
     sources = {r["query_id"]: r["doc_id"] for r in rows if r["query_id"] in usable}
     bm25_ranks = source_ranks(bm25_search(bm25_index, usable, RANK_DEPTH) if usable else {}, sources)
     dense_ranks = source_ranks(dense_search(dense_model, dense_index, usable, RANK_DEPTH) if usable else {}, sources)
+    if roundtrip == "trained" and trained is None:
+        raise ValueError("roundtrip = 'trained' needs the RoundTripRetriever folder")
+    trained_ranks: dict = {}
+    if trained is not None:
+        run = dense_search(trained / "model", trained / "index", usable, RANK_DEPTH) if usable else {}
+        trained_ranks = source_ranks(run, sources)
     for row in rows:
         row["bm25_rank"] = bm25_ranks.get(row["query_id"]) or 0
         row["dense_rank"] = dense_ranks.get(row["query_id"]) or 0
-        rank = row["bm25_rank"] if roundtrip == "bm25" else row["dense_rank"]
+        row["trained_rank"] = trained_ranks.get(row["query_id"]) or 0
+        rank = {"bm25": row["bm25_rank"], "dense": row["dense_rank"], "trained": row["trained_rank"]}[roundtrip]
         row["kept"] = bool(not row["degenerate"] and not row["copy"] and not row["duplicate"] and 0 < rank <= k)
     Dataset.from_list(rows).to_parquet(str(out_path))
     summary = summarize(rows, bm25_ranks, dense_ranks)
+    if trained is not None:
+        ids = [r["query_id"] for r in rows]
+        summary["trained_top1"] = round_trip_rate({q: trained_ranks.get(q) for q in ids}, 1)
+        summary["kept_trained_top1"] = round_trip_rate({r["query_id"]: trained_ranks.get(r["query_id"])
+                                                        for r in rows if r["kept"]}, 1)
     log.info("%d generated, %d kept (%.1f%%)", summary["generated"], summary["kept"], 100 * summary["kept_rate"])
     return summary
 

@@ -8,13 +8,16 @@ from pathlib import Path
 COLUMNS = [("nll_per_token", "held-out NLL/token"), ("bm25_top1", "BM25 top-1"), ("dense_top1", "MiniLM top-1"),
            ("copy_rate", "copy"), ("degenerate_rate", "degenerate"), ("kept_rate", "kept"),
            ("kept_bm25_top1", "kept: BM25 top-1"), ("kept_dense_top1", "kept: MiniLM top-1")]
+TRAINED_COLUMNS = [("trained_top1", "trained top-1"), ("kept_trained_top1", "kept: trained top-1")]
 
 
 def generation_table(results: list[dict]) -> str:
-    lines = ["| generator | prompt | generated | " + " | ".join(title for _, title in COLUMNS) + " |",
-             "|---|---|---:|" + "---:|" * len(COLUMNS)]
+    """One row per setup; the round trip under the fine-tuned retriever appears when it was run."""
+    columns = COLUMNS + (TRAINED_COLUMNS if any("trained_top1" in r for r in results) else [])
+    lines = ["| generator | prompt | generated | " + " | ".join(title for _, title in columns) + " |",
+             "|---|---|---:|" + "---:|" * len(columns)]
     for r in results:
-        cells = [f"{r[key]:.3f}" if isinstance(r.get(key), float) else str(r.get(key, "")) for key, _ in COLUMNS]
+        cells = [f"{r[key]:.3f}" if isinstance(r.get(key), float) else str(r.get(key, "")) for key, _ in columns]
         lines.append(f"| {r['generator']} | {r['prompt']} | {r['generated']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -100,7 +100,11 @@ class GenerationConfig(_Strict):
                                                            "only (0 = off)")
     batch_size: int = Field(16, ge=1)
     shards: int = Field(4, ge=1)
-    roundtrip: Literal["bm25", "dense"] = "bm25"
+    roundtrip: Literal["bm25", "dense", "trained"] = Field(
+        "bm25", description="round-trip retriever: BM25, the base dense model, or the base dense model fine-tuned "
+                            "on the unfiltered generated queries (Promptagator's choice)")
+    roundtrip_epochs: int = Field(1, ge=1, description="roundtrip = \"trained\": fine-tuning epochs")
+    roundtrip_batch_size: int = Field(32, ge=2, description="roundtrip = \"trained\": in-batch negatives + 1")
     roundtrip_k: int = Field(1, ge=1, le=10)
     dense_model: str = Field("base", description="base dense model (round trip and report)")
     nll_pairs: int = Field(100, ge=1, description="held-out real pairs scored for the NLL comparison")

@@ -56,3 +56,17 @@ def dense_search(model_dir: Path, index_dir: Path, queries: dict[str, str], k: i
     doc_ids = json.loads((index_dir / "docids.json").read_text())
     return {qid: {doc_ids[r]: float(s) for s, r in zip(scores[i], rows[i], strict=True) if r >= 0}
             for i, qid in enumerate(query_ids)}
+
+
+def build_corpus_index(model, corpus: dict[str, dict[str, str]], out_dir: Path, batch_size: int = 64) -> None:
+    """Encode every document (title + text) and write an exact FAISS index folder (``index.faiss`` +
+    ``docids.json``), the layout ``dense_search`` reads."""
+    import json
+
+    from retrievers import faiss_index
+
+    ids = list(corpus)
+    vectors = encode(model, [document_text(corpus[i]) for i in ids], batch_size, desc="corpus")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    faiss_index.save_index(faiss_index.build_flat_ip(vectors), out_dir / "index.faiss")
+    (out_dir / "docids.json").write_text(json.dumps(ids))

@@ -1,5 +1,6 @@
-"""Query generation through the DAG on a slice: all three prompt kinds, a datasets-loadable table, the
-report, and a SIGKILL during generation that resumes without generating any finished shard again."""
+"""Query generation through the DAG on a slice: all three prompt kinds, round trip through MiniLM fine-tuned
+on the unfiltered queries (Promptagator's filter), a datasets-loadable table, the report, and a SIGKILL during
+generation that resumes without generating any finished shard again."""
 
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ max_example_doc_tokens = 48
 max_new_tokens = 24
 nll_pairs = 6
 shards = 3
+roundtrip = "trained"
+roundtrip_batch_size = 4
 """
 
 
@@ -71,5 +74,9 @@ def test_generation_dag_resumes_by_shard(tmp_path: Path, slice_root: Path) -> No
         assert {"query_id", "text", "doc_id", "generator", "prompt_kind", "score", "kept"} <= set(rows.column_names)
         for row in rows:
             if row["kept"]:
-                assert row["bm25_rank"] == 1 and not row["copy"] and not row["degenerate"]
+                assert row["trained_rank"] == 1 and not row["copy"] and not row["degenerate"]
+    assert "trained top-1" in (work / "generation" / "generation.md").read_text()
+    retrievers = list(work.glob("RoundTripRetriever/*/training.json"))
+    assert len(retrievers) == 3 and all(json.loads(p.read_text())["pairs"] >= 2 for p in retrievers)
+    assert all((p.parent / "model" / "config_sentence_transformers.json").is_file() for p in retrievers)
     assert (next(work.glob("TrainSoftPrompt/*")) / "adapter_config.json").is_file()

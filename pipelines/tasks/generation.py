@@ -33,7 +33,9 @@ DECODE_KEYS = ("queries_per_doc", "max_new_tokens", "do_sample", "temperature", 
 NEUTRAL_DEFAULTS = {"no_repeat_ngram_size": 0}
 GENERATE_KEYS = (*FILTER_KEYS, "generator_name", "prompt", "target_dataset", "targets", "max_target_docs", "shards",
                  *DECODE_KEYS)
-JUDGE_KEYS = (*GENERATE_KEYS, "roundtrip", "roundtrip_k", "dense_model")
+TRAINED_ROUNDTRIP_KEYS = ("roundtrip_epochs", "roundtrip_batch_size")
+ROUNDTRIP_MODEL_KEYS = (*GENERATE_KEYS, "dense_model", *TRAINED_ROUNDTRIP_KEYS)
+JUDGE_KEYS = (*GENERATE_KEYS, "roundtrip", "roundtrip_k", "dense_model", *TRAINED_ROUNDTRIP_KEYS)
 
 
 SPTAR_ONLY_KEYS = ("virtual_tokens", "tune_epochs", "learning_rate", "tune_batch_size", "sptar_examples",
@@ -45,6 +47,8 @@ def spec(cls: type[GenTask], gen: dict) -> dict:
     keys = cls.reads
     if gen.get("prompt", "sptar") != "sptar":
         keys = tuple(k for k in keys if k not in SPTAR_ONLY_KEYS)
+    if gen.get("roundtrip", "trained") != "trained":
+        keys = tuple(k for k in keys if k not in TRAINED_ROUNDTRIP_KEYS)
     return {key: gen[key] for key in keys
             if not (key in NEUTRAL_DEFAULTS and gen.get(key, NEUTRAL_DEFAULTS[key]) == NEUTRAL_DEFAULTS[key])}
 
@@ -219,6 +223,33 @@ class GenerateShard(GenTask):
         (folder / "stats.json").write_text(json.dumps({"documents": hi - lo, "truncated": builder.truncated}))
 
 
+class RoundTripRetriever(GenTask):
+    """Promptagator's round-trip retriever: the base dense model fine-tuned on the unfiltered generated queries
+    of every shard (``model/``, a sentence-transformers folder) and the target corpus indexed with it (``index/``)."""
+
+    reads = ROUNDTRIP_MODEL_KEYS
+
+    def shards(self) -> list[GenerateShard]:
+        return [self.make(GenerateShard, shard=i) for i in range(self.gen["shards"])]
+
+    def requires(self):
+        return [*self.shards(), FetchModel(workdir=self.workdir, source=self.gen["dense_model"]),
+                LoadDataset(workdir=self.workdir, **self.gen["target_dataset"])]
+
+    def build(self, folder: Path) -> None:
+        from retrievers.dense import build_corpus_index, document_text, load_sentence_encoder
+        from retrievers.finetune import finetune_on_pairs
+
+        corpus = LoadDataset(workdir=self.workdir, **self.gen["target_dataset"]).load().corpus
+        rows = [json.loads(line) for shard in self.shards() for line in open(shard.out_dir / "rows.jsonl")]
+        pairs = [(row["text"], document_text(corpus[row["doc_id"]])) for row in rows]
+        stats = finetune_on_pairs(FetchModel(workdir=self.workdir, source=self.gen["dense_model"]).model_dir(),
+                                  pairs, folder / "model", epochs=self.gen["roundtrip_epochs"],
+                                  batch_size=self.gen["roundtrip_batch_size"], seed=self.gen["seed"])
+        build_corpus_index(load_sentence_encoder(folder / "model"), corpus, folder / "index")
+        (folder / "training.json").write_text(json.dumps(stats, indent=2))
+
+
 class FilterQueries(GenTask):
     """Label every generated query (copy, degenerate, duplicate, BM25 and dense round-trip ranks) and keep
     those that pass; writes ``queries.parquet`` (loadable with ``datasets``) and ``summary.json``."""
@@ -237,8 +268,9 @@ class FilterQueries(GenTask):
         return [self.make(GenerateShard, shard=i) for i in range(self.gen["shards"])]
 
     def requires(self):
+        trained = [self.make(RoundTripRetriever)] if self.gen["roundtrip"] == "trained" else []
         return [*self.shards(), *self.indexes(), self.make(SelectExamples),
-                FetchModel(workdir=self.workdir, source=self.gen["dense_model"])]
+                FetchModel(workdir=self.workdir, source=self.gen["dense_model"]), *trained]
 
     def build(self, folder: Path) -> None:
         from generators.filtering import filter_generated
@@ -250,7 +282,9 @@ class FilterQueries(GenTask):
         summary = filter_generated(rows, corpus, [e.query for e in setup.examples], bm25.out_dir / "index",
                                    dense.out_dir, FetchModel(workdir=self.workdir,
                                                              source=self.gen["dense_model"]).model_dir(),
-                                   self.gen["roundtrip"], self.gen["roundtrip_k"], folder / "queries.parquet")
+                                   self.gen["roundtrip"], self.gen["roundtrip_k"], folder / "queries.parquet",
+                                   trained=self.make(RoundTripRetriever).out_dir
+                                   if self.gen["roundtrip"] == "trained" else None)
         truncated = sum(json.loads((s.out_dir / "stats.json").read_text())["truncated"] for s in self.shards())
         (folder / "summary.json").write_text(json.dumps({**summary, "truncated_documents": truncated}, indent=2))
 
