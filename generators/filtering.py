@@ -39,8 +39,9 @@ def filter_generated(rows: list[dict], corpus: dict[str, dict[str, str]], exampl
     for row in rows:
         row["bm25_rank"] = bm25_ranks.get(row["query_id"]) or 0
         row["dense_rank"] = dense_ranks.get(row["query_id"]) or 0
-        row["trained_rank"] = trained_ranks.get(row["query_id"]) or 0
-        rank = {"bm25": row["bm25_rank"], "dense": row["dense_rank"], "trained": row["trained_rank"]}[roundtrip]
+        if trained is not None:
+            row["trained_rank"] = trained_ranks.get(row["query_id"]) or 0
+        rank = row["trained_rank"] if roundtrip == "trained" else row[f"{roundtrip}_rank"]
         row["kept"] = bool(not row["degenerate"] and not row["copy"] and not row["duplicate"] and 0 < rank <= k)
     Dataset.from_list(rows).to_parquet(str(out_path))
     summary = summarize(rows, bm25_ranks, dense_ranks)

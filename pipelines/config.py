@@ -98,6 +98,8 @@ class GenerationConfig(_Strict):
     repetition_penalty: float = Field(1.0, gt=0)
     no_repeat_ngram_size: int = Field(0, ge=0, description="block repeated n-grams within the generated query "
                                                            "only (0 = off)")
+    max_copy_tokens: int = Field(0, ge=0, description="forbid copying more than this many consecutive tokens of "
+                                                      "the target document while decoding (0 = off)")
     batch_size: int = Field(16, ge=1)
     shards: int = Field(4, ge=1)
     roundtrip: Literal["bm25", "dense", "trained"] = Field(

@@ -16,15 +16,17 @@ def pick_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def load_sentence_encoder(model_dir: Path, max_seq_length: int | None = None, device: str | None = None):
-    """Load a local sentence-transformers folder (never reaching the hub); bf16 on GPU."""
+def load_sentence_encoder(model_dir: Path, max_seq_length: int | None = None, device: str | None = None,
+                          half: bool = True):
+    """Load a local sentence-transformers folder (never reaching the hub); bf16 on GPU unless ``half`` is off
+    (training keeps fp32 weights)."""
     from sentence_transformers import SentenceTransformer
 
     device = device or pick_device()
     model = SentenceTransformer(str(model_dir), device=device, local_files_only=True)
     if max_seq_length:
         model.max_seq_length = max_seq_length
-    if device == "cuda":
+    if device == "cuda" and half:
         model = model.bfloat16()
     return model
 

@@ -10,6 +10,7 @@ with a no-duplicates batch sampler (a document twice in one batch would be its o
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 from pathlib import Path
 
@@ -26,31 +27,31 @@ def finetune_on_pairs(base_dir: Path, pairs: list[tuple[str, str]], out_dir: Pat
     import torch
     from datasets import Dataset
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
-    from sentence_transformers.losses import MultipleNegativesRankingLoss
-    from sentence_transformers.training_args import BatchSamplers
+    from sentence_transformers.base.sampler import BatchSamplers
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 
     from retrievers.dense import load_sentence_encoder
 
     pairs = list(dict.fromkeys((q, d) for q, d in pairs if q.strip() and d.strip()))
-    if len(pairs) < 2:
-        raise UserError(f"fine-tuning {base_dir.name}: {len(pairs)} usable (query, document) pairs; in-batch "
-                        "negatives need at least 2 (generate for more documents)")
+    if len({d for _, d in pairs}) < 2:
+        raise UserError(f"fine-tuning {base_dir.name}: {len(pairs)} usable (query, document) pairs over "
+                        f"{len({d for _, d in pairs})} documents; in-batch negatives need at least 2 documents "
+                        "(generate for more documents)")
     torch.manual_seed(seed)
-    model = load_sentence_encoder(base_dir, max_seq_length)
+    model = load_sentence_encoder(base_dir, max_seq_length, half=False)  # fp32 weights; bf16 autocast on GPU
     on_gpu = model.device.type == "cuda"
-    if on_gpu:
-        model = model.float()  # trained in fp32 weights with bf16 autocast
-    args = SentenceTransformerTrainingArguments(
-        output_dir=str(out_dir.parent / f"{out_dir.name}-trainer"), num_train_epochs=epochs,
-        per_device_train_batch_size=min(batch_size, len(pairs)), learning_rate=learning_rate, warmup_steps=0.1,
-        batch_sampler=BatchSamplers.NO_DUPLICATES, save_strategy="no", logging_steps=10, report_to=[], seed=seed,
-        bf16=on_gpu, use_cpu=not on_gpu, disable_tqdm=False)
     data = Dataset.from_dict({"anchor": [q for q, _ in pairs], "positive": [d for _, d in pairs]})
-    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=data,
-                                         loss=MultipleNegativesRankingLoss(model))
-    started = time.perf_counter()
-    result = trainer.train()
-    seconds = time.perf_counter() - started
+    with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=".trainer-") as scratch:
+        args = SentenceTransformerTrainingArguments(
+            output_dir=scratch, num_train_epochs=epochs, per_device_train_batch_size=min(batch_size, len(pairs)),
+            learning_rate=learning_rate, warmup_steps=0.1, batch_sampler=BatchSamplers.NO_DUPLICATES,
+            save_strategy="no", logging_steps=10, report_to=[], seed=seed,
+            bf16=on_gpu and torch.cuda.is_bf16_supported(), use_cpu=not on_gpu, disable_tqdm=False)
+        trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=data,
+                                             loss=MultipleNegativesRankingLoss(model))
+        started = time.perf_counter()
+        result = trainer.train()
+        seconds = time.perf_counter() - started
     model.save(str(out_dir))
     stats = {"pairs": len(pairs), "epochs": epochs, "train_loss": float(result.training_loss),
              "seconds": seconds, "pairs_per_second": len(pairs) * epochs / max(seconds, 1e-9),

@@ -13,7 +13,8 @@ from retrievers.model_sources import ModelSource
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("name", ["scifact.toml", "smoke.toml", "querygen.toml", "querygen-cpu.toml"])
+@pytest.mark.parametrize("name", ["scifact.toml", "smoke.toml", "querygen.toml", "querygen-cpu.toml",
+                                  "querygen-corpus.toml", "training-data.toml"])
 def test_shipped_configs_are_valid(name: str) -> None:
     cfg = load_config(REPO / "configs" / name)
     assert cfg.retrievers
@@ -84,3 +85,23 @@ def test_generation_settings_are_checked_together(tmp_path: Path) -> None:
 def test_prompt_examples_are_capped_at_eight(tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"generation\.prompt_examples: Input should be less than or equal to 8"):
         load_config(_config(tmp_path, BASE + GENERATION + "prompt_examples = 12\n"))
+
+
+def test_settings_a_task_does_not_read_leave_its_fingerprint_alone(tmp_path: Path) -> None:
+    """Round-trip fine-tuning settings enter FilterQueries' identity only when the round trip is "trained", and
+    decoding settings added later are left out at their neutral value (cached outputs keep their folders)."""
+    from pipelines.dag import generation_entries
+    from pipelines.tasks.generation import FilterQueries, GenerateShard, RoundTripRetriever, spec
+
+    def task_ids(extra: str) -> tuple[str, str]:
+        cfg = load_config(_config(tmp_path, BASE + GENERATION + extra))
+        gen = generation_entries(cfg, tmp_path)[0]
+        return (FilterQueries(workdir=str(tmp_path), gen=spec(FilterQueries, gen)).task_id,
+                GenerateShard(workdir=str(tmp_path), gen=spec(GenerateShard, gen), shard=0).task_id)
+
+    plain = task_ids("")
+    assert task_ids("roundtrip_epochs = 3\nmax_copy_tokens = 0\n") == plain
+    assert task_ids("max_copy_tokens = 8\n")[1] != plain[1]
+    trained = load_config(_config(tmp_path, BASE + GENERATION + 'roundtrip = "trained"\nroundtrip_epochs = 3\n'))
+    gen = spec(FilterQueries, generation_entries(trained, tmp_path)[0])
+    assert gen["roundtrip_epochs"] == 3 and spec(RoundTripRetriever, gen)["roundtrip_epochs"] == 3

@@ -27,10 +27,10 @@ SOFT_KEYS = (*EXAMPLE_KEYS, *BUILDER_KEYS, "virtual_tokens", "tune_epochs", "lea
              "sptar_examples")
 FILTER_KEYS = (*SOFT_KEYS, "filter_groups")
 DECODE_KEYS = ("queries_per_doc", "max_new_tokens", "do_sample", "temperature", "top_p", "repetition_penalty",
-               "batch_size", "no_repeat_ngram_size")
+               "batch_size", "no_repeat_ngram_size", "max_copy_tokens")
 # Settings added after outputs existed: left out of a spec while at their neutral value, so the cached
 # outputs of runs that never set them keep their fingerprints.
-NEUTRAL_DEFAULTS = {"no_repeat_ngram_size": 0}
+NEUTRAL_DEFAULTS = {"no_repeat_ngram_size": 0, "max_copy_tokens": 0}
 GENERATE_KEYS = (*FILTER_KEYS, "generator_name", "prompt", "target_dataset", "targets", "max_target_docs", "shards",
                  *DECODE_KEYS)
 TRAINED_ROUNDTRIP_KEYS = ("roundtrip_epochs", "roundtrip_batch_size")
@@ -214,7 +214,8 @@ class GenerateShard(GenTask):
         builder = self.builder(lm.tokenizer)
         settings = DecodeSettings(self.gen["queries_per_doc"], self.gen["max_new_tokens"], self.gen["do_sample"],
                                   self.gen["temperature"], self.gen["top_p"], self.gen["repetition_penalty"],
-                                  self.gen["batch_size"], self.gen.get("no_repeat_ngram_size", 0))
+                                  self.gen["batch_size"], self.gen.get("no_repeat_ngram_size", 0),
+                                  max_copy_tokens=self.gen.get("max_copy_tokens", 0))
         rows = generate_rows(lm, prompt_setup(self), builder, docs[lo:hi], settings,
                              self.gen["generator_name"], desc=self.label())
         with open(folder / "rows.jsonl", "w") as out:
@@ -241,7 +242,8 @@ class RoundTripRetriever(GenTask):
         from retrievers.finetune import finetune_on_pairs
 
         corpus = LoadDataset(workdir=self.workdir, **self.gen["target_dataset"]).load().corpus
-        rows = [json.loads(line) for shard in self.shards() for line in open(shard.out_dir / "rows.jsonl")]
+        rows = [json.loads(line) for shard in self.shards()
+                for line in (shard.out_dir / "rows.jsonl").read_text().splitlines()]
         pairs = [(row["text"], document_text(corpus[row["doc_id"]])) for row in rows]
         stats = finetune_on_pairs(FetchModel(workdir=self.workdir, source=self.gen["dense_model"]).model_dir(),
                                   pairs, folder / "model", epochs=self.gen["roundtrip_epochs"],
