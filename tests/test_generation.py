@@ -130,3 +130,21 @@ def test_cached_soft_prompt_decodes_as_peft_forward_does(smollm2, examples) -> N
                 reference.append(int(ids[0, -1]))
         text = smollm2.tokenizer.decode(reference, skip_special_tokens=True)
         assert text.split("\n")[0].strip() == generated[0].text.split("\n")[0].strip()
+
+
+def test_nll_from_the_shared_prefix_equals_whole_prompts(smollm2, examples) -> None:
+    """Held-out NLL through the cached prefix (plain LM and behind a soft prompt) equals whole-prompt NLL."""
+    from peft import PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
+
+    builder = PromptBuilder(smollm2.tokenizer, max_doc_tokens=48, max_example_doc_tokens=24)
+    pairs = examples.held_out[:3]
+    prompts = [builder.build(p.document, examples.prompt[:2]) for p in pairs]
+    targets = [f" {p.query}\n" for p in pairs]
+    config = PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=5,
+                                prompt_tuning_init=PromptTuningInit.TEXT, prompt_tuning_init_text="Write a query.",
+                                tokenizer_name_or_path=str(smollm2.model_dir))
+    for model in (smollm2.model, get_peft_model(smollm2.model, config).eval()):
+        shared = target_nll(model, smollm2.tokenizer, prompts, targets)
+        whole = target_nll(model, smollm2.tokenizer, prompts, targets, share_prefix=False)
+        assert shared.tokens == whole.tokens > 0
+        assert shared.total == pytest.approx(whole.total, rel=1e-4)
