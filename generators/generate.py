@@ -66,7 +66,7 @@ def generate(model, tokenizer, prompts: list[str], settings: DecodeSettings, max
     share = settings.share_prefix and exact_with_padding_inside(lm, longest)
     prefix_ids = shared_prefix(whole) if share else []
     encoded = [ids[len(prefix_ids):] for ids in whole]
-    prefix_cache, cached = _prefix_cache(lm, prefix_ids, soft_prompt)
+    prefix_cache, cached = prefix_cache_of(lm, prefix_ids, soft_prompt)
     # Placeholder ids stand where the cache already holds the virtual tokens (never embedded; a token of the
     # prompt itself, so a repetition penalty sees nothing new).
     placeholder = prefix_ids[0] if prefix_ids else (tokenizer.bos_token_id or pad)
@@ -150,7 +150,7 @@ def split_soft_prompt(model):
     return model.get_base_model(), model.get_prompt(batch_size=1)
 
 
-def _prefix_cache(lm, prefix_ids: list[int], soft_prompt):
+def prefix_cache_of(lm, prefix_ids: list[int], soft_prompt):
     """KV cache of ``[soft prompt; prefix]`` and its length; ``(None, 0)`` when both are empty."""
     import torch
 

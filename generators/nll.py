@@ -44,7 +44,7 @@ def target_nll(model, tokenizer, prompts: list[str], targets: list[str], max_len
 
     import torch
 
-    from generators.generate import _prefix_cache, shared_prefix, split_soft_prompt
+    from generators.generate import prefix_cache_of, shared_prefix, split_soft_prompt
 
     # share_prefix off: whole prompts through the model as given (peft's own forward behind a soft prompt).
     lm, soft_prompt = split_soft_prompt(model) if share_prefix else (model, None)
@@ -53,7 +53,7 @@ def target_nll(model, tokenizer, prompts: list[str], targets: list[str], max_len
                                                                                            strict=True)]
     prompt_parts = [ids[: sum(label == -100 for label in labels)] for ids, labels in encoded]
     prefix_ids = shared_prefix(prompt_parts) if share_prefix and len(encoded) > 1 else []
-    prefix_cache, _ = _prefix_cache(lm, prefix_ids, soft_prompt)
+    prefix_cache, _ = prefix_cache_of(lm, prefix_ids, soft_prompt)
     result = NLL()
     for ids, labels in encoded:
         n_target = sum(label != -100 for label in labels)

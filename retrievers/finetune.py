@@ -33,9 +33,10 @@ def finetune_on_pairs(base_dir: Path, pairs: list[tuple[str, str]], out_dir: Pat
     from retrievers.dense import load_sentence_encoder
 
     pairs = list(dict.fromkeys((q, d) for q, d in pairs if q.strip() and d.strip()))
-    if len({d for _, d in pairs}) < 2:
+    documents = len({d for _, d in pairs})
+    if documents < 2:
         raise UserError(f"fine-tuning {base_dir.name}: {len(pairs)} usable (query, document) pairs over "
-                        f"{len({d for _, d in pairs})} documents; in-batch negatives need at least 2 documents "
+                        f"{documents} documents; in-batch negatives need at least 2 documents "
                         "(generate for more documents)")
     torch.manual_seed(seed)
     model = load_sentence_encoder(base_dir, max_seq_length, half=False)  # fp32 weights; bf16 autocast on GPU

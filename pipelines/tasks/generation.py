@@ -69,6 +69,14 @@ class GenTask(StageTask):
         own["gen"] = {k: v for k, v in gen.items() if k not in ("examples_dataset", "target_dataset")}
         return own
 
+    def shards(self) -> list[GenerateShard]:
+        return [self.make(GenerateShard, shard=i) for i in range(self.gen["shards"])]
+
+    def generated_rows(self) -> list[dict]:
+        """Every generated row of every shard, unfiltered, in shard order."""
+        return [json.loads(line) for shard in self.shards()
+                for line in (shard.out_dir / "rows.jsonl").read_text().splitlines()]
+
     def fetch(self, source_key: str = "generator") -> FetchModel:
         return FetchModel(workdir=self.workdir, source=self.gen[source_key])
 
@@ -230,9 +238,6 @@ class RoundTripRetriever(GenTask):
 
     reads = ROUNDTRIP_MODEL_KEYS
 
-    def shards(self) -> list[GenerateShard]:
-        return [self.make(GenerateShard, shard=i) for i in range(self.gen["shards"])]
-
     def requires(self):
         return [*self.shards(), FetchModel(workdir=self.workdir, source=self.gen["dense_model"]),
                 LoadDataset(workdir=self.workdir, **self.gen["target_dataset"])]
@@ -242,9 +247,7 @@ class RoundTripRetriever(GenTask):
         from retrievers.finetune import finetune_on_pairs
 
         corpus = LoadDataset(workdir=self.workdir, **self.gen["target_dataset"]).load().corpus
-        rows = [json.loads(line) for shard in self.shards()
-                for line in (shard.out_dir / "rows.jsonl").read_text().splitlines()]
-        pairs = [(row["text"], document_text(corpus[row["doc_id"]])) for row in rows]
+        pairs = [(row["text"], document_text(corpus[row["doc_id"]])) for row in self.generated_rows()]
         stats = finetune_on_pairs(FetchModel(workdir=self.workdir, source=self.gen["dense_model"]).model_dir(),
                                   pairs, folder / "model", epochs=self.gen["roundtrip_epochs"],
                                   batch_size=self.gen["roundtrip_batch_size"], seed=self.gen["seed"])
@@ -266,9 +269,6 @@ class FilterQueries(GenTask):
                 DenseIndex(workdir=self.workdir, dataset=self.target(), model=self.gen["dense_model"], shards=4,
                            batch_size=64, max_seq_length=0))
 
-    def shards(self) -> list[GenerateShard]:
-        return [self.make(GenerateShard, shard=i) for i in range(self.gen["shards"])]
-
     def requires(self):
         trained = [self.make(RoundTripRetriever)] if self.gen["roundtrip"] == "trained" else []
         return [*self.shards(), *self.indexes(), self.make(SelectExamples),
@@ -277,7 +277,7 @@ class FilterQueries(GenTask):
     def build(self, folder: Path) -> None:
         from generators.filtering import filter_generated
 
-        rows = [json.loads(line) for shard in self.shards() for line in open(shard.out_dir / "rows.jsonl")]
+        rows = self.generated_rows()
         bm25, dense = self.indexes()
         corpus = LoadDataset(workdir=self.workdir, **self.target()).load().corpus
         setup = prompt_setup(self)
