@@ -1,4 +1,4 @@
-"""``stillhouse`` command line: run the DAG, show its status.
+"""``stillhouse`` command line: run the DAG, run its ablations, show its status, cut a data slice.
 
 User errors (bad config, data, model sources) print one ``error:`` line and exit with code 2.
 """
@@ -63,18 +63,46 @@ def setup_logging(workdir: Path, verbose: bool) -> Path:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stillhouse", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, help_text in (("run", "run the DAG of CONFIG"), ("status", "show which tasks of CONFIG are done")):
+    for name, help_text in (("run", "run the DAG of CONFIG"), ("status", "show which tasks of CONFIG are done"),
+                            ("ablate", "train the dense student of CONFIG with one component off at a time")):
         cmd = sub.add_parser(name, help=help_text)
         cmd.add_argument("config", type=Path)
         cmd.add_argument("--data-dir", help="BEIR root folder (default: [data] dir, then $STILLHOUSE_BEIR_DIR)")
         cmd.add_argument("--workdir", type=Path, help="artifact root (default: the config's workdir)")
         cmd.add_argument("--datasets", help="comma-separated subset of the config's data sets")
         cmd.add_argument("-v", "--verbose", action="store_true")
-        if name == "run":
+        if name == "ablate":
+            from pipelines.ablation import VARIANTS
+
+            cmd.add_argument("--variants", default=",".join(VARIANTS),
+                             help=f"comma-separated subset of {', '.join(VARIANTS)} (default: all)")
+        if name in ("run", "ablate"):
             cmd.add_argument("--workers", type=int, default=1, help="Luigi worker processes in this process")
             cmd.add_argument("--scheduler-url", help="central luigid, e.g. http://127.0.0.1:8082 "
                                                       "(default: Luigi's local scheduler)")
+    cut = sub.add_parser("slice", help="copy a small, self-consistent slice of a BEIR data set (for smoke runs)")
+    cut.add_argument("source", type=Path, help="a BEIR data set folder, e.g. ../shared/beir/scifact")
+    cut.add_argument("target", type=Path, help="new folder (its name is the data set's name in configs)")
+    cut.add_argument("--split", default="test")
+    cut.add_argument("--extra-splits", default="train", help="comma-separated splits sliced alongside")
+    cut.add_argument("--docs", type=int, default=400)
+    cut.add_argument("--queries", type=int, default=40)
     return parser
+
+
+def cmd_slice(args: argparse.Namespace) -> int:
+    from eval.beir_data import copy_slice
+
+    if args.target.exists():
+        raise UserError(f"{args.target}: already exists; pick a new folder")
+    if not (args.source / "corpus.jsonl").is_file():
+        raise UserError(f"{args.source}: no corpus.jsonl; give a BEIR data set folder")
+    extra = tuple(s for s in args.extra_splits.split(",") if s and (args.source / "qrels" / f"{s}.tsv").is_file())
+    copy_slice(args.source, args.target, args.split, max_docs=args.docs, max_queries=args.queries,
+               extra_splits=extra)
+    print(f"{args.target}: {args.docs} documents at most, {args.queries} {args.split} queries"
+          f"{' (+ ' + ', '.join(extra) + ')' if extra else ''}")
+    return 0
 
 
 def _prepare(args: argparse.Namespace):
@@ -113,11 +141,28 @@ def _failures_since(workdir: Path, since: float) -> list[dict]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    cfg, workdir, roots = _prepare(args)
+    return _build(args, cfg, workdir, roots)
+
+
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from pipelines.ablation import ablation_rows
+    from pipelines.tasks.report import AblationReport
+
+    cfg, workdir, roots = _prepare(args)
+    data_dir = Path(roots[0].entries[0]["dataset"]["data_dir"])
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    rows, skipped = ablation_rows(cfg, workdir, data_dir, variants)
+    return _build(args, cfg, workdir, [AblationReport(workdir=str(workdir), rows=rows, metrics=list(cfg.eval.metrics),
+                                                      skipped=skipped)])
+
+
+def _build(args: argparse.Namespace, cfg, workdir: Path, roots: list) -> int:
+    """Run ``roots`` with Luigi (local or central scheduler), then print and publish each root's page."""
     import luigi
     import luigi.configuration
     import luigi.rpc
 
-    cfg, workdir, roots = _prepare(args)
     log_file = setup_logging(workdir, args.verbose)
     started = time.time()
     settings = {"workers": args.workers, "local_scheduler": not args.scheduler_url}
@@ -202,7 +247,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"run": cmd_run, "status": cmd_status}[args.command](args)
+        return {"run": cmd_run, "status": cmd_status, "ablate": cmd_ablate, "slice": cmd_slice}[args.command](args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -150,6 +150,9 @@ class TrainingConfig(_Strict):
     queries_split: str = Field("train", description="queries = \"split\": the judged split used as queries")
     generator: str | None = Field(None, description="queries = \"generated\": generator role (default: first)")
     prompt: Literal["zero-shot", "promptagator", "sptar"] | None = None
+    query_filter: Literal["roundtrip", "none"] = Field(
+        "roundtrip", description="queries = \"generated\": keep what passed the round-trip consistency filter, or "
+                                 "every generated query (the ablation)")
     positives: Literal["all", "first"] = Field(
         "all", description="first: only each query's first judged document is its positive; the others stay "
                            "candidates (how the guide filter is measured against labels it was not told)")
@@ -159,6 +162,7 @@ class TrainingConfig(_Strict):
     bm25_candidates: int = Field(30, ge=0)
     dense_candidates: int = Field(30, ge=0)
     guide: str = Field(description="name of a dense teacher in [training.teachers] that guides the filter")
+    guide_filter: bool = Field(True, description="false: keep every mined candidate (the ablation)")
     guide_margin: float = Field(0.0, ge=0)
     guide_margin_strategy: Literal["absolute", "relative"] = "absolute"
     study_margins_absolute: list[float] = Field(default_factory=lambda: [0.0, 0.02, 0.05, 0.1, 0.2])
@@ -198,6 +202,38 @@ class TrainingConfig(_Strict):
         return {name: self.weights.get(name, 1.0) for name in self.teachers}
 
 
+class DenseStudentConfig(_Strict):
+    """The dense student distilled from the ensemble (TAS-Balanced batches, margin-MSE + GISTEmbed)."""
+
+    base_model: str = Field("base", description="model role or source the student starts from")
+    guide: str | None = Field(None, description="in-batch guide model (default: the [training] guide teacher's)")
+    epochs: int = Field(1, ge=1)
+    batch_size: int = Field(32, ge=2)
+    learning_rate: float = Field(2e-5, gt=0)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    max_seq_length: int = Field(256, ge=16)
+    sampler: Literal["tas-balanced", "random"] = "tas-balanced"
+    negatives_per_query: int = Field(16, ge=0, description="triples kept per query, spread over its margins "
+                                                           "(0 = all)")
+    margin_scale: float = Field(1.0, gt=0, description="teacher margins are the ensemble's weighted mean "
+                                                       "(in [-1, 1]) times this")
+    margin_mse_weight: float = Field(1.0, ge=0)
+    in_batch_loss: Literal["gist", "mnrl"] = Field(
+        "gist", description="gist: GISTEmbed (guide-masked in-batch negatives); mnrl: plain in-batch InfoNCE")
+    in_batch_weight: float = Field(1.0, ge=0)
+    temperature: float = Field(0.01, gt=0, description="in-batch loss temperature (GISTEmbed's default)")
+    checkpoint_steps: int = Field(50, ge=1)
+    encode_batch_size: int = Field(64, ge=1)
+    shards: int = Field(4, ge=1, description="shards of the student's corpus index")
+    seed: int = 13
+
+    @model_validator(mode="after")
+    def _some_loss(self) -> DenseStudentConfig:
+        if self.margin_mse_weight == 0 and self.in_batch_weight == 0:
+            raise ValueError("margin_mse_weight and in_batch_weight are both 0: give one a positive weight")
+        return self
+
+
 class RunConfig(_Strict):
     name: str = "stillhouse"
     workdir: str = "work"
@@ -207,6 +243,7 @@ class RunConfig(_Strict):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     generation: GenerationConfig | None = None
     training: TrainingConfig | None = None
+    dense_student: DenseStudentConfig | None = None
 
     @model_validator(mode="after")
     def _models_resolve(self) -> RunConfig:
@@ -226,6 +263,12 @@ class RunConfig(_Strict):
                 raise ValueError(f"generation.dataset: {self.generation.dataset!r} is not in [data] datasets")
         if self.training is not None:
             self._check_training(self.training)
+        if self.dense_student is not None:
+            if self.training is None:
+                raise ValueError("dense_student needs a [training] section (its triples and teachers)")
+            self.model_source(self.dense_student.base_model, where="dense_student.base_model")
+            if self.dense_student.guide:
+                self.model_source(self.dense_student.guide, where="dense_student.guide")
         return self
 
     def _check_training(self, training: TrainingConfig) -> None:

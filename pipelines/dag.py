@@ -24,10 +24,34 @@ def retriever_spec(cfg: RunConfig, name: str) -> dict:
     return spec
 
 
+DENSE_STUDENT = "dense-student"
+
+
 def build_report_task(cfg: RunConfig, workdir: Path, data_dir: Path) -> Report:
+    """Every configured retriever on every data set, and the students on the corpus they were trained for."""
     entries = [{"name": name, "dataset": dataset_params(cfg, dataset, data_dir), "retriever": retriever_spec(cfg, name)}
                for dataset in cfg.data.datasets for name in cfg.retrievers]
+    if cfg.dense_student is not None:
+        settings = training_settings(cfg, data_dir)
+        entries.append({"name": DENSE_STUDENT, "dataset": dict(settings["corpus"]),
+                        "retriever": dense_student_retriever(cfg, settings)})
     return Report(workdir=str(workdir), entries=entries, metrics=list(cfg.eval.metrics))
+
+
+def dense_student_retriever(cfg: RunConfig, settings: dict) -> dict:
+    """The dense student as a dense retriever spec: its model comes from TrainDense (``trained``)."""
+    from pipelines.tasks.students import STUDENT_KEYS
+
+    student = cfg.dense_student
+    assert student is not None and cfg.training is not None
+    spec = student.model_dump()
+    spec["base_model"] = cfg.model_source(student.base_model, where="dense_student.base_model")
+    spec["guide"] = cfg.model_source(student.guide, where="dense_student.guide") if student.guide \
+        else settings["guide_teacher"]["model"]
+    return {"kind": "dense", "model": DENSE_STUDENT,
+            "trained": {"training": {k: settings[k] for k in STUDENT_KEYS}, "student": spec},
+            "batch_size": student.encode_batch_size, "shards": student.shards,
+            "max_seq_length": student.max_seq_length, "top_k": 100}
 
 
 def generation_entries(cfg: RunConfig, data_dir: Path) -> list[dict]:
@@ -67,11 +91,12 @@ def training_settings(cfg: RunConfig, data_dir: Path) -> dict:
     return {
         "dataset": {**dataset_params(cfg, dataset, data_dir), "split": t.queries_split},
         "corpus": dataset_params(cfg, dataset, data_dir),
-        "queries": t.queries, "gen": gen, "positives": t.positives,
+        "queries": t.queries, "gen": gen, "query_filter": t.query_filter, "positives": t.positives,
         "base": {"model": cfg.model_source(t.base_model, where="training.base_model"), "shards": t.base_shards,
                  "batch_size": t.base_batch_size, "max_seq_length": 0},
         "bm25_candidates": t.bm25_candidates, "dense_candidates": t.dense_candidates,
-        "guide": t.guide, "guide_teacher": teachers[t.guide], "guide_margin": t.guide_margin,
+        "guide": t.guide, "guide_teacher": teachers[t.guide], "guide_filter": t.guide_filter,
+        "guide_margin": t.guide_margin,
         "guide_margin_strategy": t.guide_margin_strategy,
         "study": [["absolute", m] for m in t.study_margins_absolute]
         + [["relative", m] for m in t.study_margins_relative],

@@ -115,16 +115,28 @@ class TASBalancedBatchSampler(DefaultBatchSampler):
         return full + (0 if self.drop_last else remainder)
 
 
+class TASBalancedSamplerFactory:
+    """What ``SentenceTransformerTrainingArguments(batch_sampler=...)`` calls with the dataset; a module-level
+    class (not a closure) because the trainer pickles its arguments into every checkpoint."""
+
+    def __init__(self, row_queries: Sequence[str], query_clusters: dict[str, int], row_margins: Sequence[float],
+                 bins: int = 10) -> None:
+        self.row_queries = list(row_queries)
+        self.query_clusters = dict(query_clusters)
+        self.row_margins = list(row_margins)
+        self.bins = bins
+
+    def __call__(self, dataset, batch_size, drop_last, valid_label_columns=None, generator=None,
+                 seed=0) -> TASBalancedBatchSampler:
+        return TASBalancedBatchSampler(dataset, batch_size, drop_last, valid_label_columns, generator, seed,
+                                       row_queries=self.row_queries, query_clusters=self.query_clusters,
+                                       row_margins=self.row_margins, bins=self.bins)
+
+
 def tas_balanced_sampler(row_queries: Sequence[str], query_clusters: dict[str, int], row_margins: Sequence[float],
                          bins: int = 10) -> Callable[..., TASBalancedBatchSampler]:
-    """The factory ``SentenceTransformerTrainingArguments(batch_sampler=...)`` calls with the dataset."""
-
-    def build(dataset, batch_size, drop_last, valid_label_columns=None, generator=None, seed=0):
-        return TASBalancedBatchSampler(dataset, batch_size, drop_last, valid_label_columns, generator, seed,
-                                       row_queries=row_queries, query_clusters=query_clusters,
-                                       row_margins=row_margins, bins=bins)
-
-    return build
+    """The batch-sampler factory for the sentence-transformers trainer."""
+    return TASBalancedSamplerFactory(row_queries, query_clusters, row_margins, bins)
 
 
 def random_pair_sample(row_queries: Sequence[str], seed: int = 0) -> list[int]:

@@ -86,16 +86,28 @@ class BM25Search(DatasetTask):
 class DenseTask(CorpusTask):
     """Parameters shared by the dense-branch tasks."""
 
-    model = luigi.Parameter(description="model source string")
+    model = luigi.Parameter(description="model source string (a name only, when ``trained`` is given)")
+    trained = luigi.DictParameter(default={}, description="a trained student instead of a fetched model: "
+                                                          "the TrainDense parameters {training, student}")
     shards = luigi.IntParameter(default=4)
     batch_size = luigi.IntParameter(default=64)
     max_seq_length = luigi.IntParameter(default=0)
 
-    def fetch_task(self) -> FetchModel:
+    def fetch_task(self) -> StageTask:
+        """What provides the model folder (``model_dir()``): FetchModel, or the student's training task."""
+        if self.trained:
+            from pipelines.tasks.students import dense_student_task
+
+            return dense_student_task(self.workdir, dict(self.trained))
         return FetchModel(workdir=self.workdir, source=self.model)
 
+    def fingerprint_payload(self) -> dict:
+        own = super().fingerprint_payload()
+        own.pop("trained", None)  # the student enters through its training task's fingerprint upstream
+        return own
+
     def encoder_kwargs(self) -> dict:
-        return {"dataset": self.dataset, "model": self.model, "shards": self.shards,
+        return {"dataset": self.dataset, "model": self.model, "trained": self.trained, "shards": self.shards,
                 "batch_size": self.batch_size, "max_seq_length": self.max_seq_length}
 
 

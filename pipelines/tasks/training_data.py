@@ -24,9 +24,9 @@ from retrievers.errors import UserError
 
 log = logging.getLogger("stillhouse")
 
-QUERY_KEYS = ("dataset", "queries", "gen", "positives")
+QUERY_KEYS = ("dataset", "queries", "gen", "query_filter", "positives")
 MINE_KEYS = (*QUERY_KEYS, "corpus", "base", "bm25_candidates", "dense_candidates")
-GUIDE_KEYS = (*MINE_KEYS, "guide", "guide_teacher", "guide_margin", "guide_margin_strategy", "study")
+GUIDE_KEYS = (*MINE_KEYS, "guide", "guide_teacher", "guide_filter", "guide_margin", "guide_margin_strategy", "study")
 ENSEMBLE_KEYS = (*GUIDE_KEYS, "teachers", "weights", "normalization")
 CLUSTER_KEYS = (*QUERY_KEYS, "base", "clusters", "seed")
 TAS_KEYS = (*ENSEMBLE_KEYS, "clusters", "seed", "margin_bins")
@@ -126,7 +126,11 @@ class TrainingQueries(TrainTask):
     def _generated_queries(self) -> tuple[dict[str, str], dict[str, list[str]]]:
         path = self.source().out_dir / "queries.parquet"
         table = read_table(path)
-        kept = [i for i, flag in enumerate(table["kept"]) if flag]
+        if self.training["query_filter"] == "none":  # the ablation: every generated query, duplicates aside
+            usable = [bool(str(t).strip()) and not d for t, d in zip(table["text"], table["duplicate"], strict=True)]
+        else:
+            usable = table["kept"]
+        kept = [i for i, flag in enumerate(usable) if flag]
         if not kept:
             raise UserError(f"{path}: no generated query passed the filters, so there is nothing to train on; "
                             "see the generation report and loosen roundtrip_k or the prompt settings")
@@ -396,7 +400,9 @@ class GuideFilter(TrainTask):
             lowest[q] = min(s, lowest.get(q, np.inf))
         positive_score = np.array([lowest[q] for q in query_ids])
         candidate = ~positive
-        keep = guide_keep(scores, positive_score, self.training["guide_margin"], self.training["guide_margin_strategy"])
+        margin, strategy = self.training["guide_margin"], self.training["guide_margin_strategy"]
+        keep = (guide_keep(scores, positive_score, margin, strategy) if self.training["guide_filter"]
+                else np.ones(len(scores), dtype=bool))
         judged = table["judged_relevant"].astype(bool)
         kept = positive | (keep & ~judged)  # a candidate the labels call relevant is never kept as a negative
         write_table({"query_id": query_ids, "doc_id": table["doc_id"], "positive": positive,

@@ -1,0 +1,104 @@
+"""Student tasks: the dense bi-encoder distilled from the teacher ensemble.
+
+``TrainDense`` exposes ``model_dir()`` like ``FetchModel``, so the dense retrieval tasks (``EncodeShard``,
+``DenseIndex``, ``DenseSearch``) index and search with the trained student exactly as with a fetched
+model: they take it through their ``trained`` parameter, and its fingerprint is the student's.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import luigi
+import numpy as np
+
+from pipelines.tasks.base import StageTask
+from pipelines.tasks.data import FetchModel, LoadDataset
+from pipelines.tasks.training_data import TAS_KEYS, TASTriples, TrainTask, narrow, read_table
+
+log = logging.getLogger("stillhouse")
+
+STUDENT_KEYS = TAS_KEYS
+
+
+class TrainDense(TrainTask):
+    """The dense student (``model/``, a plain sentence-transformers folder) and ``training.json``.
+
+    Checkpoints live beside the output folder (``<fingerprint>.checkpoints``) while training runs, so a
+    killed run resumes from the last one; they are removed once the model is in place.
+    """
+
+    reads = STUDENT_KEYS
+    student = luigi.DictParameter(description="[dense_student] with model roles resolved to sources")
+
+    def label(self) -> str:
+        return f"TrainDense({self.student['sampler']}, {self.student['in_batch_loss']})"
+
+    def triples_task(self) -> TASTriples:
+        return self.make(TASTriples)
+
+    def base_task(self) -> FetchModel:
+        return FetchModel(workdir=self.workdir, source=self.student["base_model"])
+
+    def guide_task(self) -> FetchModel | None:
+        if self.student["in_batch_loss"] != "gist" or self.student["in_batch_weight"] == 0:
+            return None
+        return FetchModel(workdir=self.workdir, source=self.student["guide"])
+
+    def requires(self):
+        guide = self.guide_task()
+        return [self.triples_task(), self.corpus_task(), self.base_task(), *([guide] if guide else [])]
+
+    def upstream_fingerprint(self, task: StageTask) -> str:
+        return task.corpus_fingerprint() if isinstance(task, LoadDataset) else task.fingerprint()
+
+    def fingerprint_payload(self) -> dict:
+        # The triples' inputs enter through TASTriples upstream; what is read here is the student's settings
+        # and the ensemble weights that scale the margins.
+        student = {k: v for k, v in dict(self.student).items() if k not in ("encode_batch_size", "shards")}
+        return {"student": student, "weights": dict(self.training["weights"])}
+
+    def checkpoint_dir(self) -> Path:
+        return self.out_dir.with_name(self.out_dir.name + ".checkpoints")
+
+    def build(self, folder: Path) -> None:
+        from retrievers.dense import document_text
+        from retrievers.distill_dense import DenseStudentSettings, select_rows, train_dense_student
+
+        s = dict(self.student)
+        table = read_table(self.triples_task().out_dir / "triples.parquet")
+        rows = select_rows(table["query_id"], table["margin"], s["negatives_per_query"])
+        corpus = self.corpus_task().load().corpus
+        # The ensemble is a weighted sum of [0, 1]-normalized scores: its weighted mean puts margins in [-1, 1],
+        # the range of the student's cosine margins.
+        total_weight = sum(dict(self.training["weights"]).values())
+        triples = {"query_id": table["query_id"][rows].tolist(), "query": table["query"][rows].tolist(),
+                   "positive": [document_text(corpus[d]) for d in table["positive_id"][rows]],
+                   "negative": [document_text(corpus[d]) for d in table["negative_id"][rows]],
+                   "margin": (table["margin"][rows] / total_weight * s["margin_scale"]).tolist(),
+                   "cluster": table["cluster"][rows].tolist()}
+        settings = DenseStudentSettings(
+            epochs=s["epochs"], batch_size=s["batch_size"], learning_rate=s["learning_rate"],
+            warmup_ratio=s["warmup_ratio"], max_seq_length=s["max_seq_length"], sampler=s["sampler"],
+            margin_mse_weight=s["margin_mse_weight"], in_batch_loss=s["in_batch_loss"],
+            in_batch_weight=s["in_batch_weight"], temperature=s["temperature"],
+            guide_margin=self.training["guide_margin"], margin_bins=self.training["margin_bins"],
+            checkpoint_steps=s["checkpoint_steps"], seed=s["seed"])
+        guide = self.guide_task()
+        log.info("dense student: %d triples of %d queries (%s batches)", len(rows), len(set(triples["query_id"])),
+                 s["sampler"])
+        stats = train_dense_student(self.base_task().model_dir(), guide.model_dir() if guide else None, triples,
+                                    folder / "model", self.checkpoint_dir(), settings)
+        stats["margins"] = {"mean": float(np.mean(triples["margin"])), "std": float(np.std(triples["margin"]))}
+        (folder / "training.json").write_text(json.dumps(stats, indent=2))
+
+    def model_dir(self) -> Path:
+        return self.out_dir / "model"
+
+
+def dense_student_task(workdir: str, trained: dict) -> TrainDense:
+    """The TrainDense task a dense retrieval task's ``trained`` parameter names."""
+    return TrainDense(workdir=workdir, training=narrow(dict(trained["training"]), STUDENT_KEYS),
+                      student=trained["student"])
