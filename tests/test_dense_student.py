@@ -1,0 +1,142 @@
+"""The dense student end to end on a slice of real SciFact: configs/smoke.toml (generation -> training data ->
+TrainDense -> evaluation), the ablation runner, SIGKILL during training and resume, bad input."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from retrievers.distill_dense import select_rows
+from retrievers.tas import tas_balanced_sampler
+
+from .conftest import REPO, report_results, run_cli, run_until_then_kill, task_outputs, write_config
+from .test_training_data import one_error_line
+
+pytestmark = pytest.mark.slow
+
+SMOKE = REPO / "configs" / "smoke.toml"
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory, slice_root: Path) -> Path:
+    workdir = tmp_path_factory.mktemp("smoke") / "work"
+    result = run_cli("run", str(SMOKE), "--data-dir", str(slice_root), "--workdir", str(workdir))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir
+
+
+def test_smoke_dag_trains_a_student_that_loads_as_a_plain_sentence_transformer(smoke_run: Path,
+                                                                             minilm_dir: Path) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    results = report_results(smoke_run)
+    assert set(results) == {"bm25", "all-MiniLM-L6-v2", "dense-student"}
+    assert 0.5 < results["dense-student"]["NDCG@10"] <= 1.0
+    (folder,) = (smoke_run / "TrainDense").glob("*/model")
+    stats = json.loads((folder.parent / "training.json").read_text())
+    assert stats["steps"] > 0 and stats["losses"] == {"margin_mse": 1.0, "gist": 1.0}
+    assert stats["resumed_from_step"] == 0 and stats["precision"] == "fp32"
+    assert not list((smoke_run / "TrainDense").glob("*.checkpoints"))  # removed once the model is in place
+    texts = ["EZH2 regulates stem cell differentiation", "Smoking increases the risk of lung cancer"]
+    student = SentenceTransformer(str(folder), device="cpu").encode(texts)
+    base = SentenceTransformer(str(minilm_dir), device="cpu").encode(texts)
+    assert student.shape == base.shape and not np.allclose(student, base, atol=1e-4)  # trained, not copied
+    # The student's corpus index is its own (another fingerprint than the base model's).
+    assert len(list((smoke_run / "DenseIndex").glob("*/index.faiss"))) == 2
+
+
+def test_ablate_shares_upstream_work_and_writes_one_table(smoke_run: Path, slice_root: Path) -> None:
+    before = task_outputs(smoke_run)
+    result = run_cli("ablate", str(SMOKE), "--data-dir", str(slice_root), "--workdir", str(smoke_run),
+                     "--variants", "full,random-batches,no-guide-filter")
+    assert result.returncode == 0, result.stderr[-3000:]
+    new = {path.split("/")[0] for path in set(task_outputs(smoke_run)) - set(before)}
+    # Nothing upstream of the changed stages reran: no generation, mining or teacher scoring.
+    assert not new & {"GenerateShard", "FilterQueries", "MineCandidates", "TeacherScores", "TrainSoftPrompt"}
+    assert len(list((smoke_run / "TrainDense").glob("*/model"))) == 3  # full (reused) + two variants
+    table = (smoke_run / "ablation" / "ablation.md").read_text()
+    for row in ("bm25", "all-MiniLM-L6-v2", "student: full", "student: random-batches", "student: no-guide-filter"):
+        assert f"| {row} |" in table
+    full = json.loads((smoke_run / "ablation" / "ablation.json").read_text())["results"]
+    by_row = {r["retriever"]: r["metrics"]["NDCG@10"] for r in full}
+    assert by_row["student: full"] == pytest.approx(report_results(smoke_run)["dense-student"]["NDCG@10"])
+    # no-guide-filter: the mining filter keeps every candidate and the in-batch loss has no guide.
+    kept = [json.loads(p.read_text()) for p in (smoke_run / "TrainDense").glob("*/training.json")]
+    assert sorted(tuple(sorted(k["losses"])) for k in kept).count(("margin_mse", "mnrl")) == 1
+
+
+STUDENT_ON_SPLIT = """
+[training]
+queries = "split"
+queries_split = "train"
+guide = "minilm"
+bm25_candidates = 6
+dense_candidates = 6
+clusters = 4
+margin_bins = 4
+rerank_splits = []
+[training.teachers.minilm]
+kind = "dense"
+model = "base"
+batch_size = 16
+[training.teachers.bm25]
+kind = "bm25"
+[dense_student]
+batch_size = 4
+epochs = 2
+max_seq_length = 96
+negatives_per_query = 3
+checkpoint_steps = 2
+"""
+
+
+def test_sigkill_during_training_resumes_from_the_last_checkpoint(tmp_path: Path, slice_root: Path) -> None:
+    workdir = tmp_path / "work"
+    config = write_config(tmp_path / "run.toml", workdir, slice_root, extra=STUDENT_ON_SPLIT)
+
+    def checkpoint_written() -> bool:
+        return any((workdir / "TrainDense").glob("*.checkpoints/checkpoint-*/trainer_state.json"))
+
+    run_until_then_kill(config, checkpoint_written)
+    assert checkpoint_written() and not list((workdir / "TrainDense").glob("*/model"))
+    result = run_cli("run", str(config))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resuming dense student training from" in result.stderr
+    (stats_file,) = (workdir / "TrainDense").glob("*/training.json")
+    stats = json.loads(stats_file.read_text())
+    assert stats["resumed_from_step"] >= 2  # not from scratch
+    queries = len(json.loads(next((workdir / "TrainingQueries").glob("*/positives.json")).read_text()))
+    # Two epochs of ceil(cluster size / 4) batches each: the resumed run finished the schedule, no more, no less.
+    assert stats["steps"] >= 2 * -(-queries // 4) and stats["resumed_from_step"] < stats["steps"]
+
+
+def test_dense_student_bad_input_is_one_line(tmp_path: Path, slice_root: Path) -> None:
+    lonely = write_config(tmp_path / "lonely.toml", tmp_path / "w", slice_root, extra="[dense_student]\n")
+    assert "dense_student needs a [training] section" in one_error_line(run_cli("run", str(lonely)))
+    no_loss = write_config(tmp_path / "noloss.toml", tmp_path / "w", slice_root,
+                           extra=STUDENT_ON_SPLIT + "margin_mse_weight = 0\nin_batch_weight = 0\n")
+    assert "both 0" in one_error_line(run_cli("run", str(no_loss)))
+    variant = run_cli("ablate", str(SMOKE), "--data-dir", str(slice_root), "--variants", "full,no-teachers")
+    assert "unknown variant 'no-teachers'" in one_error_line(variant)
+    plain = write_config(tmp_path / "plain.toml", tmp_path / "w", slice_root)
+    assert "no [dense_student] section" in one_error_line(run_cli("ablate", str(plain)))
+
+
+def test_select_rows_spreads_over_each_querys_margins() -> None:
+    query_ids = np.array(["a"] * 10 + ["b"] * 2)
+    margins = np.array([0.9, 0.1, 0.5, 0.3, 0.7, 0.2, 0.8, 0.4, 0.6, 0.0, 0.5, 0.4])
+    rows = select_rows(query_ids, margins, 4)
+    picked_a = sorted(margins[rows][query_ids[rows] == "a"])
+    assert picked_a[0] == 0.0 and picked_a[-1] == 0.9 and len(picked_a) == 4  # both ends of the range kept
+    assert (query_ids[rows] == "b").sum() == 2
+
+
+def test_tas_sampler_factory_survives_the_trainers_checkpoint_pickle() -> None:
+    factory = tas_balanced_sampler(["q1", "q1", "q2"], {"q1": 0, "q2": 1}, [0.1, 0.5, 0.2], bins=2)
+    sampler = pickle.loads(pickle.dumps(factory))(list(range(3)), batch_size=2, drop_last=False, seed=3)
+    batches = list(sampler)
+    assert sorted(len(b) for b in batches) == [1, 1]  # one query per cluster, one batch per cluster
