@@ -45,6 +45,11 @@ def _hard_prompt(cfg: RunConfig) -> RunConfig:
     return _set(cfg, "training", prompt="promptagator")
 
 
+def _real_queries(cfg: RunConfig) -> RunConfig:
+    """The upper bound for the generation stage: the judged train queries instead of generated ones."""
+    return _set(cfg, "training", queries="split", queries_split="train", positives="all")
+
+
 VARIANTS: dict[str, Callable[[RunConfig], RunConfig]] = {
     "full": lambda cfg: cfg,
     "no-consistency-filter": _no_consistency_filter,
@@ -52,6 +57,7 @@ VARIANTS: dict[str, Callable[[RunConfig], RunConfig]] = {
     "random-batches": _random_batches,
     "single-teacher": _single_teacher,
     "hard-prompt": _hard_prompt,
+    "real-queries": _real_queries,
 }
 
 
@@ -59,7 +65,7 @@ def why_not(cfg: RunConfig, variant: str) -> str:
     """Why a variant does not apply to this config ('' when it does)."""
     training = cfg.training
     assert training is not None
-    if variant in ("no-consistency-filter", "hard-prompt") and training.queries != "generated":
+    if variant in ("no-consistency-filter", "hard-prompt", "real-queries") and training.queries != "generated":
         return "the config trains on judged queries, not generated ones"
     if variant == "hard-prompt" and training.prompt == "promptagator":
         return "the config already trains on the hard prompt's queries"
