@@ -95,8 +95,8 @@ def cmd_slice(args: argparse.Namespace) -> int:
 
     if args.target.exists():
         raise UserError(f"{args.target}: already exists; pick a new folder")
-    if not (args.source / "corpus.jsonl").is_file():
-        raise UserError(f"{args.source}: no corpus.jsonl; give a BEIR data set folder")
+    if not any((args.source / name).is_file() for name in ("corpus.jsonl", "corpus.jsonl.gz")):
+        raise UserError(f"{args.source}: no corpus.jsonl[.gz]; give a BEIR data set folder")
     extra = tuple(s for s in args.extra_splits.split(",") if s and (args.source / "qrels" / f"{s}.tsv").is_file())
     copy_slice(args.source, args.target, args.split, max_docs=args.docs, max_queries=args.queries,
                extra_splits=extra)

@@ -140,3 +140,16 @@ def test_tas_sampler_factory_survives_the_trainers_checkpoint_pickle() -> None:
     sampler = pickle.loads(pickle.dumps(factory))(list(range(3)), batch_size=2, drop_last=False, seed=3)
     batches = list(sampler)
     assert sorted(len(b) for b in batches) == [1, 1]  # one query per cluster, one batch per cluster
+
+
+def test_slice_command_cuts_a_loadable_slice_and_never_overwrites(tmp_path: Path, beir_dir: Path) -> None:
+    from eval.beir_data import load_beir
+
+    target = tmp_path / "scifact"
+    result = run_cli("slice", str(beir_dir / "scifact"), str(target), "--docs", "120", "--queries", "10")
+    assert result.returncode == 0, result.stderr[-2000:]
+    test, train = load_beir(target, "test"), load_beir(target, "train")
+    assert len(test.qrels) == 10 and len(train.qrels) == 10 and len(test.corpus) == 120
+    judged = {d for docs in (*test.qrels.values(), *train.qrels.values()) for d in docs}
+    assert judged <= set(test.corpus)  # every judged document is in the slice
+    assert "already exists" in one_error_line(run_cli("slice", str(beir_dir / "scifact"), str(target)))
