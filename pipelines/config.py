@@ -211,7 +211,8 @@ class DenseStudentConfig(_Strict):
     batch_size: int = Field(32, ge=2)
     learning_rate: float = Field(2e-5, gt=0)
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
-    max_seq_length: int = Field(256, ge=16)
+    max_seq_length: int = Field(256, ge=16, description="training truncation (student and guide); the saved "
+                                                        "student keeps the base model's window")
     sampler: Literal["tas-balanced", "random"] = "tas-balanced"
     negatives_per_query: int = Field(16, ge=0, description="triples kept per query, spread over its margins "
                                                            "(0 = all)")

@@ -51,7 +51,7 @@ def dense_student_retriever(cfg: RunConfig, settings: dict) -> dict:
     return {"kind": "dense", "model": DENSE_STUDENT,
             "trained": {"training": {k: settings[k] for k in STUDENT_KEYS}, "student": spec},
             "batch_size": student.encode_batch_size, "shards": student.shards,
-            "max_seq_length": student.max_seq_length, "top_k": 100}
+            "max_seq_length": 0, "top_k": 100}  # the student's own window (the base model's)
 
 
 def generation_entries(cfg: RunConfig, data_dir: Path) -> list[dict]:

@@ -64,7 +64,7 @@ class DenseStudentSettings:
     batch_size: int = 32
     learning_rate: float = 2e-5
     warmup_ratio: float = 0.1
-    max_seq_length: int = 256
+    max_seq_length: int = 256  # training truncation only: the saved model keeps the base model's window
     sampler: str = "tas-balanced"  # or "random"
     margin_mse_weight: float = 1.0
     in_batch_loss: str = "gist"  # or "mnrl": in-batch InfoNCE without the guide (the ablation)
@@ -124,7 +124,11 @@ def train_dense_student(base_dir: Path, guide_dir: Path | None, triples: dict[st
     if not triples["query_id"]:
         raise UserError("dense student: no training triples; see the training-data report")
     torch.manual_seed(settings.seed)
-    model = load_sentence_encoder(base_dir, settings.max_seq_length, half=False)  # fp32 weights, bf16 autocast
+    model = load_sentence_encoder(base_dir, half=False)  # fp32 weights, bf16 autocast on GPU
+    # Train on truncated texts (the cost is in the sequence length) but save the base model's own window, which
+    # the student's corpus index then uses.
+    saved_max_seq_length = model.max_seq_length
+    model.max_seq_length = settings.max_seq_length
     on_gpu = model.device.type == "cuda"
     losses: dict[str, tuple[nn.Module, float]] = {}
     if settings.margin_mse_weight > 0:
@@ -166,6 +170,7 @@ def train_dense_student(base_dir: Path, guide_dir: Path | None, triples: dict[st
     started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume_from)
     seconds = time.perf_counter() - started
+    model.max_seq_length = saved_max_seq_length
     model.save(str(out_dir))
     steps_resumed = int(Path(resume_from).name.split("-")[-1]) if resume_from else 0
     steps_run = trainer.state.global_step - steps_resumed
