@@ -96,8 +96,8 @@ def ablation_rows(cfg: RunConfig, workdir: Path, data_dir: Path,
         entries = build_report_task(VARIANTS[variant](cfg), workdir, data_dir).entries
         student = next(e for e in entries if e["name"] == DENSE_STUDENT)
         student_dataset = student["dataset"]
-        rows.append({"row": f"student: {variant}", "dataset": student["dataset"], "retriever": student["retriever"]})
-    baselines = [{"row": e["name"], "dataset": e["dataset"], "retriever": e["retriever"]}
+        rows.append({"name": f"student: {variant}", "dataset": student["dataset"], "retriever": student["retriever"]})
+    baselines = [{"name": e["name"], "dataset": e["dataset"], "retriever": e["retriever"]}
                  for e in build_report_task(cfg, workdir, data_dir).entries
                  if e["name"] != DENSE_STUDENT and student_dataset is not None
                  and e["dataset"]["dataset"] == student_dataset["dataset"]]

@@ -153,8 +153,8 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     data_dir = Path(roots[0].entries[0]["dataset"]["data_dir"])
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     rows, skipped = ablation_rows(cfg, workdir, data_dir, variants)
-    return _build(args, cfg, workdir, [AblationReport(workdir=str(workdir), rows=rows, metrics=list(cfg.eval.metrics),
-                                                      skipped=skipped)])
+    return _build(args, cfg, workdir, [AblationReport(workdir=str(workdir), entries=rows,
+                                                      metrics=list(cfg.eval.metrics), skipped=skipped)])
 
 
 def _build(args: argparse.Namespace, cfg, workdir: Path, roots: list) -> int:

@@ -59,44 +59,33 @@ class Report(StageTask):
         return {"entries": [[name, task.fingerprint()] for name, task in self.evaluations()],
                 "metrics": list(self.metrics)}
 
-    def build(self, folder: Path) -> None:
+    def result_rows(self) -> list[ResultRow]:
         rows = []
         for name, task in self.evaluations():
             result = json.loads((task.out_dir / "metrics.json").read_text())
             rows.append(ResultRow(task.dataset["dataset"], task.dataset["split"], name, result["mean"],
                                   result["queries"]))
-        write_report(rows, list(self.metrics), folder)
+        return rows
+
+    def build(self, folder: Path) -> None:
+        write_report(self.result_rows(), list(self.metrics), folder)
 
 
-class AblationReport(StageTask):
+class AblationReport(Report):
     """The ablation table: each variant's student beside BM25 and the base model (``ablation.md``/``.json``,
-    one bar chart per metric). ``rows`` are ``{row, dataset, retriever}``: one per (variant or baseline,
+    one bar chart per metric). ``entries`` are ``{name, dataset, retriever}``: one per (variant or baseline,
     data set)."""
 
     publish_as = ("ablation", "ablation.md")
-    rows = luigi.ListParameter()
-    metrics = luigi.ListParameter()
     skipped = luigi.DictParameter(default={}, description="variant -> why it was not run")
 
-    def evaluations(self) -> list[tuple[str, Evaluate]]:
-        return [(r["row"], Evaluate(workdir=self.workdir, dataset=r["dataset"], retriever=r["retriever"],
-                                    metrics=self.metrics)) for r in self.rows]
-
-    def requires(self):
-        return [task for _, task in self.evaluations()]
-
     def fingerprint_payload(self) -> dict:
-        return {"rows": [[row, task.fingerprint()] for row, task in self.evaluations()],
-                "metrics": list(self.metrics), "skipped": dict(self.skipped)}
+        return {**super().fingerprint_payload(), "skipped": dict(self.skipped)}
 
     def build(self, folder: Path) -> None:
         from eval.report import bar_chart, markdown_table
 
-        rows = []
-        for name, task in self.evaluations():
-            result = json.loads((task.out_dir / "metrics.json").read_text())
-            rows.append(ResultRow(task.dataset["dataset"], task.dataset["split"], name, result["mean"],
-                                  result["queries"]))
+        rows = self.result_rows()
         table = markdown_table(rows, list(self.metrics))
         notes = "".join(f"- `{variant}` not run: {why}\n" for variant, why in self.skipped.items())
         (folder / "ablation.md").write_text(
