@@ -93,10 +93,15 @@ def select_rows(query_ids: np.ndarray, margins: np.ndarray, per_query: int) -> n
 CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
 
 
+def checkpoint_step(path: Path) -> int:
+    """The global step a trainer checkpoint folder (``checkpoint-N``) was saved at."""
+    return int(path.name.rsplit("-", 1)[-1])
+
+
 def last_complete_checkpoint(checkpoint_dir: Path) -> str | None:
     """The newest ``checkpoint-N`` folder the trainer finished writing; any newer, partial one (a kill during
     a save) is removed so the trainer's own rotation never picks it."""
-    found = sorted((int(p.name.rsplit("-", 1)[-1]), p) for p in checkpoint_dir.glob("checkpoint-*")
+    found = sorted((checkpoint_step(p), p) for p in checkpoint_dir.glob("checkpoint-*")
                    if p.name.rsplit("-", 1)[-1].isdigit())
     for _, path in reversed(found):
         if all((path / name).is_file() for name in CHECKPOINT_FILES):
@@ -172,7 +177,7 @@ def train_dense_student(base_dir: Path, guide_dir: Path | None, triples: dict[st
     seconds = time.perf_counter() - started
     model.max_seq_length = saved_max_seq_length
     model.save(str(out_dir))
-    steps_resumed = int(Path(resume_from).name.split("-")[-1]) if resume_from else 0
+    steps_resumed = checkpoint_step(Path(resume_from)) if resume_from else 0
     steps_run = trainer.state.global_step - steps_resumed
     pairs = steps_run * settings.batch_size
     stats = {"triples": len(triples["query_id"]), "queries": len(set(triples["query_id"])),

@@ -66,6 +66,12 @@ class LoadDataset(StageTask):
         return load_beir(self.out_dir, self.split, self.dataset)
 
 
+def corpus_only_fingerprint(task: StageTask) -> str:
+    """``upstream_fingerprint`` for a task that reads only the corpus of its LoadDataset requirements: the
+    corpus's identity (shared by every split), and the full fingerprint of any other requirement."""
+    return task.corpus_fingerprint() if isinstance(task, LoadDataset) else task.fingerprint()
+
+
 class FetchModel(StageTask):
     """Materialize a model source into ``model/`` with a sha256 ``manifest.json`` of every file."""
 

@@ -13,7 +13,7 @@ import luigi
 import numpy as np
 
 from pipelines.tasks.base import StageTask
-from pipelines.tasks.data import FetchModel, LoadDataset
+from pipelines.tasks.data import FetchModel, LoadDataset, corpus_only_fingerprint
 from retrievers import faiss_index
 from retrievers.bm25 import bm25_search, build_bm25_index
 from retrievers.dense import dense_search, document_text, encode, load_sentence_encoder
@@ -43,7 +43,7 @@ class CorpusTask(DatasetTask):
     """A task that reads only the corpus: its fingerprint ignores the split, so splits share it."""
 
     def upstream_fingerprint(self, task: StageTask) -> str:
-        return task.corpus_fingerprint() if isinstance(task, LoadDataset) else task.fingerprint()
+        return corpus_only_fingerprint(task)
 
 
 class BM25Index(CorpusTask):

@@ -15,7 +15,7 @@ import luigi
 import numpy as np
 
 from pipelines.tasks.base import StageTask
-from pipelines.tasks.data import FetchModel, LoadDataset
+from pipelines.tasks.data import FetchModel, corpus_only_fingerprint
 from pipelines.tasks.training_data import TAS_KEYS, TASTriples, TrainTask, narrow, read_table
 
 log = logging.getLogger("stillhouse")
@@ -52,7 +52,7 @@ class TrainDense(TrainTask):
         return [self.triples_task(), self.corpus_task(), self.base_task(), *([guide] if guide else [])]
 
     def upstream_fingerprint(self, task: StageTask) -> str:
-        return task.corpus_fingerprint() if isinstance(task, LoadDataset) else task.fingerprint()
+        return corpus_only_fingerprint(task)
 
     def fingerprint_payload(self) -> dict:
         # The triples' inputs enter through TASTriples upstream; what is read here is the student's settings

@@ -18,7 +18,7 @@ import luigi
 import numpy as np
 
 from pipelines.tasks.base import StageTask
-from pipelines.tasks.data import FetchModel, LoadDataset
+from pipelines.tasks.data import FetchModel, LoadDataset, corpus_only_fingerprint
 from pipelines.tasks.retrieval import BM25Index, BM25Search, CorpusTask, DenseIndex
 from retrievers.errors import UserError
 
@@ -309,7 +309,7 @@ class TeacherScores(StageTask):
         return needed
 
     def upstream_fingerprint(self, task: StageTask) -> str:
-        return task.corpus_fingerprint() if isinstance(task, LoadDataset) else task.fingerprint()
+        return corpus_only_fingerprint(task)
 
     def fingerprint_payload(self) -> dict:
         teacher = dict(self.teacher)
