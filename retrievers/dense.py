@@ -18,8 +18,10 @@ def pick_device() -> str:
 
 def load_sentence_encoder(model_dir: Path, max_seq_length: int | None = None, device: str | None = None,
                           half: bool = True):
-    """Load a local sentence-transformers folder (never reaching the hub); bf16 on GPU unless ``half`` is off
-    (training keeps fp32 weights)."""
+    """Load a local sentence-transformers folder (never reaching the hub); bf16 on GPU unless ``half`` is off.
+
+    With ``half`` off the weights are fp32 whatever the folder stores: training keeps fp32 master weights
+    (a half-precision checkpoint would otherwise be trained in half precision)."""
     from sentence_transformers import SentenceTransformer
 
     device = device or pick_device()
@@ -28,6 +30,8 @@ def load_sentence_encoder(model_dir: Path, max_seq_length: int | None = None, de
         model.max_seq_length = max_seq_length
     if device == "cuda" and half:
         model = model.bfloat16()
+    elif not half:
+        model = model.float()
     return model
 
 

@@ -90,6 +90,34 @@ def select_rows(query_ids: np.ndarray, margins: np.ndarray, per_query: int) -> n
     return np.sort(np.asarray(keep, dtype=np.int64))
 
 
+def student_triples(table: dict[str, np.ndarray], corpus: dict[str, dict[str, str]], weights: dict[str, float],
+                    per_query: int, margin_scale: float) -> dict[str, list]:
+    """The training columns ``train_dense_student`` reads, from a TASTriples table (ids, query text, ensemble
+    margin, cluster): at most ``per_query`` rows per query (``select_rows``), document texts filled in, and
+    margins rescaled to the student's range.
+
+    The ensemble is a weighted sum of [0, 1]-normalized scores, so dividing by the total weight puts its
+    margins in [-1, 1], the range of the student's cosine margins; ``margin_scale`` stretches them from there.
+    """
+    from retrievers.dense import document_text
+
+    rows = select_rows(table["query_id"], table["margin"], per_query)
+    total_weight = sum(weights.values())
+    return {"query_id": table["query_id"][rows].tolist(), "query": table["query"][rows].tolist(),
+            "positive": [document_text(corpus[d]) for d in table["positive_id"][rows]],
+            "negative": [document_text(corpus[d]) for d in table["negative_id"][rows]],
+            "margin": (table["margin"][rows] / total_weight * margin_scale).tolist(),
+            "cluster": table["cluster"][rows].tolist()}
+
+
+def student_settings(student: dict, guide_margin: float, margin_bins: int) -> DenseStudentSettings:
+    """``DenseStudentSettings`` from a config's ``[dense_student]`` table and the training data's guide margin
+    and margin bins."""
+    names = {f for f in DenseStudentSettings.__dataclass_fields__ if f not in ("guide_margin", "margin_bins")}
+    return DenseStudentSettings(guide_margin=guide_margin, margin_bins=margin_bins,
+                                **{k: v for k, v in student.items() if k in names})
+
+
 CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
 
 

@@ -64,31 +64,16 @@ class TrainDense(TrainTask):
         return self.out_dir.with_name(self.out_dir.name + ".checkpoints")
 
     def build(self, folder: Path) -> None:
-        from retrievers.dense import document_text
-        from retrievers.distill_dense import DenseStudentSettings, select_rows, train_dense_student
+        from retrievers.distill_dense import student_settings, student_triples, train_dense_student
 
         s = dict(self.student)
         table = read_table(self.triples_task().out_dir / "triples.parquet")
-        rows = select_rows(table["query_id"], table["margin"], s["negatives_per_query"])
-        corpus = self.corpus_task().load().corpus
-        # The ensemble is a weighted sum of [0, 1]-normalized scores: its weighted mean puts margins in [-1, 1],
-        # the range of the student's cosine margins.
-        total_weight = sum(dict(self.training["weights"]).values())
-        triples = {"query_id": table["query_id"][rows].tolist(), "query": table["query"][rows].tolist(),
-                   "positive": [document_text(corpus[d]) for d in table["positive_id"][rows]],
-                   "negative": [document_text(corpus[d]) for d in table["negative_id"][rows]],
-                   "margin": (table["margin"][rows] / total_weight * s["margin_scale"]).tolist(),
-                   "cluster": table["cluster"][rows].tolist()}
-        settings = DenseStudentSettings(
-            epochs=s["epochs"], batch_size=s["batch_size"], learning_rate=s["learning_rate"],
-            warmup_ratio=s["warmup_ratio"], max_seq_length=s["max_seq_length"], sampler=s["sampler"],
-            margin_mse_weight=s["margin_mse_weight"], in_batch_loss=s["in_batch_loss"],
-            in_batch_weight=s["in_batch_weight"], temperature=s["temperature"],
-            guide_margin=self.training["guide_margin"], margin_bins=self.training["margin_bins"],
-            checkpoint_steps=s["checkpoint_steps"], seed=s["seed"])
+        triples = student_triples(table, self.corpus_task().load().corpus, dict(self.training["weights"]),
+                                  s["negatives_per_query"], s["margin_scale"])
+        settings = student_settings(s, self.training["guide_margin"], self.training["margin_bins"])
         guide = self.guide_task()
-        log.info("dense student: %d triples of %d queries (%s batches)", len(rows), len(set(triples["query_id"])),
-                 s["sampler"])
+        log.info("dense student: %d triples of %d queries (%s batches)", len(triples["query_id"]),
+                 len(set(triples["query_id"])), s["sampler"])
         stats = train_dense_student(self.base_task().model_dir(), guide.model_dir() if guide else None, triples,
                                     folder / "model", self.checkpoint_dir(), settings)
         stats["margins"] = {"mean": float(np.mean(triples["margin"])), "std": float(np.std(triples["margin"]))}
