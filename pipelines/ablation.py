@@ -1,4 +1,4 @@
-"""``stillhouse ablate``: the dense student with one component off at a time.
+"""``stillhouse ablate``: a student (dense or sparse) with one component off at a time.
 
 Each variant is the run config with one change; its DAG shares every task whose inputs did not change
 (fingerprints), so a variant reruns only from the stage it touches: a different sampler retrains only the
@@ -45,6 +45,17 @@ def _hard_prompt(cfg: RunConfig) -> RunConfig:
     return _set(cfg, "training", prompt="promptagator")
 
 
+def _plain_flops(cfg: RunConfig) -> RunConfig:
+    """The sparse student's FLOPS without IDF awareness: binary query weights in training and search."""
+    return _set(cfg, "sparse_student", regularizer="plain")
+
+
+def _minilm_mlm(cfg: RunConfig) -> RunConfig:
+    """The sparse student's document encoder from all-MiniLM-L6-v2 with a new MLM head tied to its word
+    embeddings, instead of SPLADE-tiny."""
+    return _set(cfg, "sparse_student", base_model="base", mlm_head="tied")
+
+
 def _real_queries(cfg: RunConfig) -> RunConfig:
     """The upper bound for the generation stage: the judged train queries instead of generated ones."""
     return _set(cfg, "training", queries="split", queries_split="train", positives="all")
@@ -58,13 +69,21 @@ VARIANTS: dict[str, Callable[[RunConfig], RunConfig]] = {
     "single-teacher": _single_teacher,
     "hard-prompt": _hard_prompt,
     "real-queries": _real_queries,
+    "plain-flops": _plain_flops,
+    "minilm-mlm": _minilm_mlm,
 }
+SPARSE_ONLY = ("plain-flops", "minilm-mlm")
+DENSE_ONLY = ("no-guide-filter",)  # its second half (plain InfoNCE instead of GISTEmbed) is the dense loss
 
 
-def why_not(cfg: RunConfig, variant: str) -> str:
-    """Why a variant does not apply to this config ('' when it does)."""
+def why_not(cfg: RunConfig, variant: str, student: str = "dense") -> str:
+    """Why a variant does not apply to this config and student ('' when it does)."""
     training = cfg.training
     assert training is not None
+    if variant in SPARSE_ONLY and student != "sparse":
+        return "it changes the sparse student only (--student sparse)"
+    if variant in DENSE_ONLY and student != "dense":
+        return "it changes the dense student's loss"
     if variant in ("no-consistency-filter", "hard-prompt", "real-queries") and training.queries != "generated":
         return "the config trains on judged queries, not generated ones"
     if variant == "hard-prompt" and training.prompt == "promptagator":
@@ -74,14 +93,17 @@ def why_not(cfg: RunConfig, variant: str) -> str:
     return ""
 
 
-def ablation_rows(cfg: RunConfig, workdir: Path, data_dir: Path,
-                  variants: list[str]) -> tuple[list[dict], dict[str, str]]:
-    """AblationReport rows (BM25 and the base model first, then one student per variant) and skipped variants."""
-    from pipelines.dag import DENSE_STUDENT, build_report_task
+def ablation_rows(cfg: RunConfig, workdir: Path, data_dir: Path, variants: list[str],
+                  student: str = "dense") -> tuple[list[dict], dict[str, str]]:
+    """AblationReport rows (the configured retrievers first, then one student per variant) and skipped
+    variants."""
+    from pipelines.dag import DENSE_STUDENT, SPARSE_STUDENT, STUDENTS, build_report_task
 
-    if cfg.dense_student is None or cfg.training is None:
-        raise UserError("ablate: the config has no [dense_student] section; the ablation varies the student's "
+    section = f"{student}_student"
+    if getattr(cfg, section) is None or cfg.training is None:
+        raise UserError(f"ablate: the config has no [{section}] section; the ablation varies the student's "
                         "training (see configs/scifact.toml)")
+    name = DENSE_STUDENT if student == "dense" else SPARSE_STUDENT
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise UserError(f"ablate --variants: unknown variant {unknown[0]!r}; choose from {', '.join(VARIANTS)}")
@@ -89,16 +111,17 @@ def ablation_rows(cfg: RunConfig, workdir: Path, data_dir: Path,
     skipped: dict[str, str] = {}
     student_dataset = None
     for variant in variants:
-        reason = why_not(cfg, variant)
+        reason = why_not(cfg, variant, student)
         if reason:
             skipped[variant] = reason
             continue
         entries = build_report_task(VARIANTS[variant](cfg), workdir, data_dir).entries
-        student = next(e for e in entries if e["name"] == DENSE_STUDENT)
-        student_dataset = student["dataset"]
-        rows.append({"name": f"student: {variant}", "dataset": student["dataset"], "retriever": student["retriever"]})
+        entry = next(e for e in entries if e["name"] == name)
+        student_dataset = entry["dataset"]
+        rows.append({"name": f"{student} student: {variant}", "dataset": entry["dataset"],
+                     "retriever": entry["retriever"]})
     baselines = [{"name": e["name"], "dataset": e["dataset"], "retriever": e["retriever"]}
                  for e in build_report_task(cfg, workdir, data_dir).entries
-                 if e["name"] != DENSE_STUDENT and student_dataset is not None
+                 if e["name"] not in STUDENTS and student_dataset is not None
                  and e["dataset"]["dataset"] == student_dataset["dataset"]]
     return baselines + rows, skipped

@@ -1,4 +1,5 @@
-"""``stillhouse`` command line: run the DAG, run its ablations, show its status, cut a data slice.
+"""``stillhouse`` command line: run the DAG, run its ablations, show its status, export its indexes, cut a data
+slice.
 
 User errors (bad config, data, model sources) print one ``error:`` line and exit with code 2.
 """
@@ -64,7 +65,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stillhouse", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_text in (("run", "run the DAG of CONFIG"), ("status", "show which tasks of CONFIG are done"),
-                            ("ablate", "train the dense student of CONFIG with one component off at a time")):
+                            ("ablate", "train a student of CONFIG with one component off at a time"),
+                            ("export", "export the indexes a finished run of CONFIG built")):
         cmd = sub.add_parser(name, help=help_text)
         cmd.add_argument("config", type=Path)
         cmd.add_argument("--data-dir", help="BEIR root folder (default: [data] dir, then $STILLHOUSE_BEIR_DIR)")
@@ -76,6 +78,18 @@ def _parser() -> argparse.ArgumentParser:
 
             cmd.add_argument("--variants", default=",".join(VARIANTS),
                              help=f"comma-separated subset of {', '.join(VARIANTS)} (default: all)")
+            cmd.add_argument("--student", choices=("dense", "sparse"), default="dense",
+                             help="which student the variants train (default: dense)")
+        if name == "export":
+            from pipelines.export import FORMATS
+
+            cmd.add_argument("--to", type=Path, required=True, help="target folder (one sub-folder per format)")
+            cmd.add_argument("--formats", default=",".join(FORMATS), help=f"comma-separated subset of "
+                                                                          f"{', '.join(FORMATS)} (default: all)")
+            cmd.add_argument("--force", action="store_true", help="replace an existing target")
+            cmd.add_argument("--index-name", default="stillhouse", help="OpenSearch/Elasticsearch index name")
+            cmd.add_argument("--example-query", default="", help="query for the example bodies "
+                                                                 "(default: the first judged query)")
         if name in ("run", "ablate"):
             cmd.add_argument("--workers", type=int, default=1, help="Luigi worker processes in this process")
             cmd.add_argument("--scheduler-url", help="central luigid, e.g. http://127.0.0.1:8082 "
@@ -152,9 +166,23 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     cfg, workdir, roots = _prepare(args)
     data_dir = Path(roots[0].entries[0]["dataset"]["data_dir"])
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    rows, skipped = ablation_rows(cfg, workdir, data_dir, variants)
+    rows, skipped = ablation_rows(cfg, workdir, data_dir, variants, student=args.student)
     return _build(args, cfg, workdir, [AblationReport(workdir=str(workdir), entries=rows,
                                                       metrics=list(cfg.eval.metrics), skipped=skipped)])
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from pipelines.dag import built_indexes
+    from pipelines.export import export
+
+    cfg, workdir, roots = _prepare(args)
+    setup_logging(workdir, args.verbose)
+    built, first_query = built_indexes(cfg, roots[0])
+    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+    for folder in export(built, args.to.expanduser().resolve(), formats, args.force, args.index_name,
+                         args.example_query or first_query):
+        print(folder)
+    return 0
 
 
 def _build(args: argparse.Namespace, cfg, workdir: Path, roots: list) -> int:
@@ -247,7 +275,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"run": cmd_run, "status": cmd_status, "ablate": cmd_ablate, "slice": cmd_slice}[args.command](args)
+        commands = {"run": cmd_run, "status": cmd_status, "ablate": cmd_ablate, "export": cmd_export,
+                    "slice": cmd_slice}
+        return commands[args.command](args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR

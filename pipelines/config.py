@@ -54,7 +54,17 @@ class DenseRetriever(_Strict):
     top_k: int = Field(100, ge=1)
 
 
-Retriever = Annotated[BM25Retriever | DenseRetriever, Field(discriminator="kind")]
+class SpladeRetriever(_Strict):
+    """A siamese SPLADE model (queries encoded by the model) through a Lucene impact index."""
+
+    kind: Literal["splade"]
+    model: str
+    batch_size: int = Field(32, ge=1)
+    max_seq_length: int = Field(256, ge=0, description="0 keeps the model's own limit")
+    top_k: int = Field(100, ge=1)
+
+
+Retriever = Annotated[BM25Retriever | DenseRetriever | SpladeRetriever, Field(discriminator="kind")]
 
 
 class EvalConfig(_Strict):
@@ -235,6 +245,34 @@ class DenseStudentConfig(_Strict):
         return self
 
 
+class SparseStudentConfig(_Strict):
+    """The inference-free sparse student (Geng et al., 2024): an MLM document encoder, IDF-weighted queries."""
+
+    base_model: str = Field("splade", description="model role or source of the document encoder")
+    mlm_head: Literal["model", "tied"] = Field(
+        "model", description="model: the base has its MLM head (SPLADE, BERT-MLM); tied: add one tied to the "
+                             "word embeddings (e.g. all-MiniLM-L6-v2)")
+    idf: str = Field("corpus", description="query weights: \"corpus\" (IDF of the target corpus) or the path of "
+                                            "an idf.json made for the document encoder's vocabulary")
+    regularizer: Literal["idf-aware", "plain"] = "idf-aware"
+    flops_weight: float = Field(3e-3, ge=0, description="FLOPS weight on the documents (lambda_d)")
+    loss: Literal["margin-mse", "kl"] = "margin-mse"
+    temperature: float = Field(1.0, gt=0, description="KL temperature (loss = \"kl\")")
+    margin_scale: float = Field(0.0, ge=0, description="teacher margins are the ensemble's weighted mean "
+                                                       "(in [-1, 1]) times this; 0: fitted to the untrained "
+                                                       "student's margins (their spread)")
+    epochs: int = Field(1, ge=1)
+    batch_size: int = Field(32, ge=2)
+    learning_rate: float = Field(5e-5, gt=0)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    max_seq_length: int = Field(256, ge=16)
+    sampler: Literal["tas-balanced", "random"] = "tas-balanced"
+    negatives_per_query: int = Field(16, ge=0)
+    checkpoint_steps: int = Field(50, ge=1)
+    encode_batch_size: int = Field(32, ge=1)
+    seed: int = 13
+
+
 class RunConfig(_Strict):
     name: str = "stillhouse"
     workdir: str = "work"
@@ -245,6 +283,7 @@ class RunConfig(_Strict):
     generation: GenerationConfig | None = None
     training: TrainingConfig | None = None
     dense_student: DenseStudentConfig | None = None
+    sparse_student: SparseStudentConfig | None = None
 
     @model_validator(mode="after")
     def _models_resolve(self) -> RunConfig:
@@ -254,7 +293,7 @@ class RunConfig(_Strict):
             except UserError as exc:
                 raise ValueError(f"[models] {role}: {exc}") from None
         for name, retriever in self.retrievers.items():
-            if isinstance(retriever, DenseRetriever):
+            if isinstance(retriever, DenseRetriever | SpladeRetriever):
                 self.model_source(retriever.model, where=f"retrievers.{name}.model")
         if self.generation is not None:
             for role in self.generation.generators:
@@ -270,6 +309,10 @@ class RunConfig(_Strict):
             self.model_source(self.dense_student.base_model, where="dense_student.base_model")
             if self.dense_student.guide:
                 self.model_source(self.dense_student.guide, where="dense_student.guide")
+        if self.sparse_student is not None:
+            if self.training is None:
+                raise ValueError("sparse_student needs a [training] section (its triples and teachers)")
+            self.model_source(self.sparse_student.base_model, where="sparse_student.base_model")
         return self
 
     def _check_training(self, training: TrainingConfig) -> None:

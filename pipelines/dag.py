@@ -6,8 +6,9 @@ from pathlib import Path
 
 from luigi.task import flatten
 
-from pipelines.config import DenseRetriever, RunConfig
+from pipelines.config import DenseRetriever, RunConfig, SpladeRetriever
 from pipelines.tasks import Report, StageTask
+from retrievers.errors import UserError
 
 
 def dataset_params(cfg: RunConfig, name: str, data_dir: Path) -> dict:
@@ -19,12 +20,14 @@ def retriever_spec(cfg: RunConfig, name: str) -> dict:
     """The retriever's config table as task parameters, with its model role resolved to a source."""
     retriever = cfg.retrievers[name]
     spec = retriever.model_dump()
-    if isinstance(retriever, DenseRetriever):
+    if isinstance(retriever, DenseRetriever | SpladeRetriever):
         spec["model"] = cfg.model_source(retriever.model, where=f"retrievers.{name}.model")
     return spec
 
 
 DENSE_STUDENT = "dense-student"
+SPARSE_STUDENT = "sparse-student"
+STUDENTS = (DENSE_STUDENT, SPARSE_STUDENT)
 
 
 def build_report_task(cfg: RunConfig, workdir: Path, data_dir: Path) -> Report:
@@ -35,6 +38,10 @@ def build_report_task(cfg: RunConfig, workdir: Path, data_dir: Path) -> Report:
         settings = training_settings(cfg, data_dir)
         entries.append({"name": DENSE_STUDENT, "dataset": dict(settings["corpus"]),
                         "retriever": dense_student_retriever(cfg, settings)})
+    if cfg.sparse_student is not None:
+        settings = training_settings(cfg, data_dir)
+        entries.append({"name": SPARSE_STUDENT, "dataset": dict(settings["corpus"]),
+                        "retriever": sparse_student_retriever(cfg, settings)})
     return Report(workdir=str(workdir), entries=entries, metrics=list(cfg.eval.metrics))
 
 
@@ -52,6 +59,19 @@ def dense_student_retriever(cfg: RunConfig, settings: dict) -> dict:
             "trained": {"training": {k: settings[k] for k in STUDENT_KEYS}, "student": spec},
             "batch_size": student.encode_batch_size, "shards": student.shards,
             "max_seq_length": 0, "top_k": 100}  # the student's own window (the base model's)
+
+
+def sparse_student_retriever(cfg: RunConfig, settings: dict) -> dict:
+    """The sparse student as an impact-index retriever spec: its model comes from TrainSparse (``trained``)."""
+    from pipelines.tasks.sparse import SPARSE_KEYS
+
+    student = cfg.sparse_student
+    assert student is not None
+    spec = student.model_dump()
+    spec["base_model"] = cfg.model_source(student.base_model, where="sparse_student.base_model")
+    return {"kind": "splade", "model": SPARSE_STUDENT,
+            "trained": {"training": {k: settings[k] for k in SPARSE_KEYS}, "student": spec},
+            "batch_size": student.encode_batch_size, "max_seq_length": student.max_seq_length, "top_k": 100}
 
 
 def generation_entries(cfg: RunConfig, data_dir: Path) -> list[dict]:
@@ -133,3 +153,39 @@ def walk(root: StageTask) -> list[StageTask]:
 
     visit(root)
     return list(seen.values())
+
+
+def built_indexes(cfg: RunConfig, report: Report):
+    """What ``stillhouse export`` reads from a finished run: the dense student's FAISS index (else the first
+    dense retriever's on the students' data set), the sparse student's impact index, and the first judged query
+    of that data set (for the example query bodies)."""
+    from pipelines.export import BuiltIndexes
+    from pipelines.tasks.retrieval import search_task
+
+    by_name = {e["name"]: e for e in report.entries}
+    # Only the inference-free student's index is served without a model: a siamese SPLADE's queries need one.
+    sparse = by_name.get(SPARSE_STUDENT)
+    student = by_name.get(DENSE_STUDENT) or sparse
+    dataset_name = (student or report.entries[0])["dataset"]["dataset"]
+    dense = by_name.get(DENSE_STUDENT) or next(
+        (e for e in report.entries if e["retriever"]["kind"] == "dense" and e["dataset"]["dataset"] == dataset_name),
+        None)
+    if dense is None and sparse is None:
+        raise UserError("export: the config has no dense retriever and no [sparse_student] to export")
+    searches = [search_task(report.workdir, dict(e["dataset"]), dict(e["retriever"])) for e in (dense, sparse) if e]
+    missing = [t for t in searches if not (t.index_task().complete() and t.fetch_task().complete())]
+    if missing:
+        raise UserError(f"export: {missing[0].index_task().label()} is not built yet; run "
+                        "`stillhouse run` with the same config first")
+    dense_task = searches[0] if dense else None
+    sparse_task = searches[-1] if sparse else None
+    dataset = searches[0].dataset_task()
+    built = BuiltIndexes(
+        corpus=dataset.out_dir / "corpus.jsonl",
+        dense_index=dense_task.index_task().out_dir if dense_task else None,
+        dense_model=dense_task.fetch_task().model_dir() if dense_task else None,
+        sparse_index=sparse_task.index_task().out_dir if sparse_task else None,
+        sparse_model=sparse_task.fetch_task().model_dir() if sparse_task else None,
+        idf=sparse_task.fetch_task().out_dir / "idf.json" if sparse_task else None)
+    queries = dataset.load().queries if dataset.complete() else {}
+    return built, next(iter(queries.values()), "")

@@ -29,15 +29,23 @@ def corpus_idf(tokenizer, texts: Iterable[str]) -> np.ndarray:
     n = 0
     for text in texts:
         n += 1
-        ids = np.unique(tokenizer(text, add_special_tokens=False, truncation=False)["input_ids"])
+        ids = np.unique(tokenizer(text, add_special_tokens=False, truncation=False, verbose=False)["input_ids"])
         df[ids] += 1
     return np.log1p((n - df + 0.5) / (df + 0.5)).astype(np.float32)
 
 
 def idf_query_vector(tokenizer, idf: np.ndarray, query: str) -> dict[str, float]:
-    """The inference-free query: each distinct token of the query, weighted by its IDF (a table lookup)."""
+    """The inference-free query: each distinct token of the query, weighted by its IDF (a table lookup; no
+    special tokens, as sentence-transformers' ``SparseStaticEmbedding`` tokenizes)."""
     ids = set(tokenizer(query, add_special_tokens=False, truncation=False)["input_ids"])
-    return {tokenizer.convert_ids_to_tokens(i): float(idf[i]) for i in sorted(ids)}
+    return {tokenizer.convert_ids_to_tokens(i): float(idf[i]) for i in sorted(ids) if idf[i] > 0}
+
+
+def csr_row_vectors(matrix, vocab: list[str]) -> list[dict[str, float]]:
+    """``{token: weight}`` of every row of a CSR matrix over ``vocab``."""
+    return [{vocab[c]: float(v) for c, v in zip(matrix.indices[matrix.indptr[r]:matrix.indptr[r + 1]],
+                                                matrix.data[matrix.indptr[r]:matrix.indptr[r + 1]], strict=True)}
+            for r in range(matrix.shape[0])]
 
 
 def quantize(weights: dict[str, float], scale: int = IMPACT_SCALE) -> dict[str, int]:
@@ -47,14 +55,22 @@ def quantize(weights: dict[str, float], scale: int = IMPACT_SCALE) -> dict[str, 
 
 
 def write_vector_collection(doc_ids: list[str], matrix, tokenizer, path: Path, scale: int = IMPACT_SCALE) -> None:
-    """Stream CSR rows (documents x vocabulary) to a JsonVectorCollection file, one document per line."""
+    """CSR rows (documents x vocabulary) as a JsonVectorCollection file, one document per line."""
     vocab = tokenizer.convert_ids_to_tokens(list(range(matrix.shape[1])))
     with open(path, "w", encoding="utf-8") as out:
-        for row, doc_id in enumerate(doc_ids):
-            start, end = matrix.indptr[row], matrix.indptr[row + 1]
-            weights = {vocab[c]: float(v) for c, v in zip(matrix.indices[start:end], matrix.data[start:end],
-                                                          strict=True)}
-            out.write(json.dumps({"id": doc_id, "contents": "", "vector": quantize(weights, scale)}) + "\n")
+        append_vector_collection(out, doc_ids, csr_row_vectors(matrix, vocab), scale)
+
+
+def append_vector_collection(out, doc_ids: list[str], vectors: list[dict[str, float]],
+                             scale: int = IMPACT_SCALE) -> int:
+    """Write documents as JsonVectorCollection lines (integer impacts) to an open file; return the number of
+    non-zero impacts written."""
+    written = 0
+    for doc_id, weights in zip(doc_ids, vectors, strict=True):
+        impacts = quantize(weights, scale)
+        written += len(impacts)
+        out.write(json.dumps({"id": doc_id, "contents": "", "vector": impacts}) + "\n")
+    return written
 
 
 def build_impact_index(collection_dir: Path, index_dir: Path, threads: int = 2) -> None:
@@ -84,6 +100,17 @@ def impact_search(index_dir: Path, query_vectors: dict[str, dict[str, float]], k
     hits = searcher.batch_search(ids, ids, k=k, threads=threads)  # the "query text" is its id: see _Lookup
     searcher.close()
     return {q: {h.docid: float(h.score) / (scale * scale) for h in hits.get(q, [])} for q in ids}
+
+
+class IdfQueryEncoder:
+    """Pyserini's query-encoder interface for an inference-free model: text -> integer impacts of its distinct
+    tokens weighted by the static table (no model runs)."""
+
+    def __init__(self, tokenizer, weights: np.ndarray, scale: int = IMPACT_SCALE) -> None:
+        self.tokenizer, self.weights, self.scale = tokenizer, weights, scale
+
+    def encode(self, text: str) -> dict[str, int]:
+        return quantize(idf_query_vector(self.tokenizer, self.weights, text), self.scale)
 
 
 class _Lookup:

@@ -87,7 +87,7 @@ def load_sparse_encoder(model_dir: Path, max_seq_length: int = 0):
 def encode_sparse_documents(model_dir: Path, texts: list[str], batch_size: int = 32, max_seq_length: int = 0):
     """SPLADE document vectors as a SciPy CSR matrix (one row per text)."""
     model = load_sparse_encoder(model_dir, max_seq_length)
-    return _to_csr(model.encode_document(texts, batch_size=batch_size, show_progress_bar=True,
+    return to_csr(model.encode_document(texts, batch_size=batch_size, show_progress_bar=True,
                                          convert_to_sparse_tensor=True))
 
 
@@ -98,14 +98,14 @@ def sparse_pair_scores(model_dir: Path, queries: dict[str, str], doc_matrix, doc
         return np.zeros(0, dtype=np.float32)
     model = load_sparse_encoder(model_dir, max_seq_length)
     query_ids, _, q_rows, _ = _rows(pairs)
-    query_matrix = _to_csr(model.encode_query([queries[q] for q in query_ids], batch_size=batch_size,
+    query_matrix = to_csr(model.encode_query([queries[q] for q in query_ids], batch_size=batch_size,
                                               show_progress_bar=False, convert_to_sparse_tensor=True))
     d_rows = np.array([doc_rows[d] for _, d in pairs], dtype=np.int64)
     scores = np.asarray(query_matrix[q_rows].multiply(doc_matrix[d_rows]).sum(axis=1)).ravel()
     return scores.astype(np.float32)
 
 
-def _to_csr(tensor):
+def to_csr(tensor):
     """A torch sparse COO (n x vocab) tensor as a SciPy CSR matrix."""
     from scipy.sparse import coo_matrix
 

@@ -120,3 +120,15 @@ def baseline_run(tmp_path_factory: pytest.TempPathFactory, slice_root: Path) -> 
     result = run_cli("run", str(config))
     assert result.returncode == 0, result.stderr[-3000:]
     return base / "work"
+
+
+SMOKE = REPO / "configs" / "smoke.toml"
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory, slice_root: Path) -> Path:
+    """configs/smoke.toml run once on the slice: generation, training data, both students, evaluation."""
+    workdir = tmp_path_factory.mktemp("smoke") / "work"
+    result = run_cli("run", str(SMOKE), "--data-dir", str(slice_root), "--workdir", str(workdir))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir

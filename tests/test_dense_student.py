@@ -13,28 +13,17 @@ import pytest
 from retrievers.distill_dense import select_rows
 from retrievers.tas import tas_balanced_sampler
 
-from .conftest import REPO, report_results, run_cli, run_until_then_kill, task_outputs, write_config
+from .conftest import SMOKE, report_results, run_cli, run_until_then_kill, task_outputs, write_config
 from .test_training_data import one_error_line
 
 pytestmark = pytest.mark.slow
-
-SMOKE = REPO / "configs" / "smoke.toml"
-
-
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory: pytest.TempPathFactory, slice_root: Path) -> Path:
-    workdir = tmp_path_factory.mktemp("smoke") / "work"
-    result = run_cli("run", str(SMOKE), "--data-dir", str(slice_root), "--workdir", str(workdir))
-    assert result.returncode == 0, result.stderr[-3000:]
-    return workdir
-
 
 def test_smoke_dag_trains_a_student_that_loads_as_a_plain_sentence_transformer(smoke_run: Path,
                                                                              minilm_dir: Path) -> None:
     from sentence_transformers import SentenceTransformer
 
     results = report_results(smoke_run)
-    assert set(results) == {"bm25", "all-MiniLM-L6-v2", "dense-student"}
+    assert set(results) == {"bm25", "all-MiniLM-L6-v2", "splade-tiny", "dense-student", "sparse-student"}
     assert 0.5 < results["dense-student"]["NDCG@10"] <= 1.0
     (folder,) = (smoke_run / "TrainDense").glob("*/model")
     stats = json.loads((folder.parent / "training.json").read_text())
@@ -59,11 +48,12 @@ def test_ablate_shares_upstream_work_and_writes_one_table(smoke_run: Path, slice
     assert not new & {"GenerateShard", "FilterQueries", "MineCandidates", "TeacherScores", "TrainSoftPrompt"}
     assert len(list((smoke_run / "TrainDense").glob("*/model"))) == 3  # full (reused) + two variants
     table = (smoke_run / "ablation" / "ablation.md").read_text()
-    for row in ("bm25", "all-MiniLM-L6-v2", "student: full", "student: random-batches", "student: no-guide-filter"):
+    for row in ("bm25", "all-MiniLM-L6-v2", "dense student: full", "dense student: random-batches",
+                "dense student: no-guide-filter"):
         assert f"| {row} |" in table
     full = json.loads((smoke_run / "ablation" / "ablation.json").read_text())["results"]
     by_row = {r["retriever"]: r["metrics"]["NDCG@10"] for r in full}
-    assert by_row["student: full"] == pytest.approx(report_results(smoke_run)["dense-student"]["NDCG@10"])
+    assert by_row["dense student: full"] == pytest.approx(report_results(smoke_run)["dense-student"]["NDCG@10"])
     # no-guide-filter: the mining filter keeps every candidate and the in-batch loss has no guide.
     kept = [json.loads(p.read_text()) for p in (smoke_run / "TrainDense").glob("*/training.json")]
     assert sorted(tuple(sorted(k["losses"])) for k in kept).count(("margin_mse", "mnrl")) == 1

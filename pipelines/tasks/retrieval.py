@@ -1,4 +1,6 @@
-"""Retrieval tasks: a Lucene BM25 index and search; sharded dense encoding, a FAISS index and search."""
+"""Retrieval tasks: a Lucene BM25 index and search; sharded dense encoding, a FAISS index and search.
+
+The sparse (impact index) tasks are in ``pipelines.tasks.sparse``."""
 
 from __future__ import annotations
 
@@ -198,4 +200,8 @@ def search_task(workdir: str, dataset: dict, spec: dict) -> StageTask:
         return BM25Search(workdir=workdir, dataset=dataset, **params)
     if spec["kind"] == "dense":
         return DenseSearch(workdir=workdir, dataset=dataset, **params)
+    if spec["kind"] == "splade":
+        from pipelines.tasks.sparse import ImpactSearch
+
+        return ImpactSearch(workdir=workdir, dataset=dataset, **params)
     raise ValueError(f"unknown retriever kind {spec['kind']!r}")

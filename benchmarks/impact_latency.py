@@ -1,0 +1,78 @@
+"""Query latency of the inference-free impact index against BM25 on the same Lucene: ``python -m
+benchmarks.impact_latency``.
+
+Both searchers answer the same queries one at a time on one thread (``search``, not ``batch_search``), top-100,
+after a warm-up pass; the impact side's time includes building the query vector from text (tokenize, look up
+the IDF table, quantize), which is all an inference-free query costs. Prints one JSON line with the mean and
+median milliseconds per query of each and their ratio (Geng et al., 2024 report about 1.1x BM25).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+from eval.beir_data import load_beir
+from retrievers.impact_index import IdfQueryEncoder, idf_query_vector
+
+
+def timed_searches(search, queries: list[str], repeats: int) -> list[float]:
+    """Milliseconds of each ``search(query)`` call, over ``repeats`` passes after one warm-up pass."""
+    for query in queries:
+        search(query)
+    times = []
+    for _ in range(repeats):
+        for query in queries:
+            started = time.perf_counter()
+            search(query)
+            times.append((time.perf_counter() - started) * 1000)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=Path(os.environ.get("STILLHOUSE_BEIR_DIR", "../shared/beir")))
+    parser.add_argument("--dataset", default="scifact")
+    parser.add_argument("--bm25-index", type=Path, required=True, help="a BM25Index folder's index/")
+    parser.add_argument("--impact-index", type=Path, required=True, help="an ImpactIndex folder's index/")
+    parser.add_argument("--student", type=Path, required=True, help="a TrainSparse folder (model/, idf.json)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--k", type=int, default=100)
+    args = parser.parse_args()
+
+    from retrievers.lucene_runtime import ensure_pyserini
+
+    ensure_pyserini()
+    from pyserini.search.lucene import LuceneImpactSearcher, LuceneSearcher
+    from transformers import AutoTokenizer
+
+    from pipelines.export import sparse_tokenizer_dir
+    from retrievers.sparse_student import read_idf_json
+
+    queries = list(load_beir(args.data / args.dataset, "test").queries.values())
+    tokenizer = AutoTokenizer.from_pretrained(sparse_tokenizer_dir(args.student / "model"))
+    weights = read_idf_json(args.student / "idf.json", tokenizer)
+    bm25 = LuceneSearcher(str(args.bm25_index))
+    bm25.set_bm25(0.9, 0.4)
+    impact = LuceneImpactSearcher(str(args.impact_index), IdfQueryEncoder(tokenizer, weights))
+    fields = {"contents": 1.0, "title": 1.0}  # the pipeline's BM25 (BEIR multifield)
+    bm25_ms = timed_searches(lambda q: bm25.search(q, k=args.k, fields=fields), queries, args.repeats)
+    impact_ms = timed_searches(lambda q: impact.search(q, k=args.k), queries, args.repeats)
+    vectors = [idf_query_vector(tokenizer, weights, q) for q in queries]
+    print(json.dumps({
+        "dataset": args.dataset, "queries": len(queries), "repeats": args.repeats, "k": args.k,
+        "machine": platform.processor() or platform.machine(), "threads": 1,
+        "bm25_mean_ms": round(statistics.mean(bm25_ms), 3), "bm25_median_ms": round(statistics.median(bm25_ms), 3),
+        "impact_mean_ms": round(statistics.mean(impact_ms), 3),
+        "impact_median_ms": round(statistics.median(impact_ms), 3),
+        "ratio_mean": round(statistics.mean(impact_ms) / statistics.mean(bm25_ms), 3),
+        "mean_query_terms": round(sum(map(len, vectors)) / len(vectors), 2)}))
+
+
+if __name__ == "__main__":
+    main()

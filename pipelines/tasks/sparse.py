@@ -1,0 +1,220 @@
+"""Sparse retrieval tasks: the inference-free sparse student, and Lucene impact indexes and search.
+
+``TrainSparse`` trains the student (``retrievers.sparse_student``). ``ImpactIndex`` encodes the corpus with a
+sparse model's document route, streams the vectors as integer impacts into a Pyserini JsonVectorCollection
+and indexes it with Lucene (``-impact -pretokenized``). ``ImpactSearch`` builds the query vectors (the
+student: its static IDF table, no model; a siamese SPLADE model: its query encoder) and answers them with
+Pyserini's impact searcher. Both take a sparse model either as a fetched source (``model``) or as a trained
+student (``trained``, like the dense tasks).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import luigi
+
+from pipelines.tasks.base import StageTask
+from pipelines.tasks.data import FetchModel, corpus_only_fingerprint
+from pipelines.tasks.retrieval import CorpusTask
+from pipelines.tasks.training_data import TAS_KEYS, TASTriples, TrainTask, narrow, read_table
+from retrievers.runs import write_trec_run
+
+log = logging.getLogger("stillhouse")
+
+SPARSE_KEYS = TAS_KEYS
+
+
+class TrainSparse(TrainTask):
+    """The inference-free sparse student: ``model/`` (a SparseEncoder folder, query and document routes),
+    ``idf.json`` (its query weight table) and ``training.json``."""
+
+    reads = SPARSE_KEYS
+    student = luigi.DictParameter(description="[sparse_student] with model roles resolved to sources")
+
+    def label(self) -> str:
+        return f"TrainSparse({self.student['regularizer']}, {self.student['loss']})"
+
+    def triples_task(self) -> TASTriples:
+        return self.make(TASTriples)
+
+    def base_task(self) -> FetchModel:
+        return FetchModel(workdir=self.workdir, source=self.student["base_model"])
+
+    def requires(self):
+        return [self.triples_task(), self.corpus_task(), self.base_task()]
+
+    def upstream_fingerprint(self, task: StageTask) -> str:
+        return corpus_only_fingerprint(task)
+
+    def fingerprint_payload(self) -> dict:
+        student = {k: v for k, v in dict(self.student).items() if k != "encode_batch_size"}
+        if student["idf"] != "corpus":  # a file: its content, not its path
+            from pipelines.fingerprint import file_digest
+
+            student["idf"] = file_digest(Path(student["idf"]))
+        return {"student": student, "weights": dict(self.training["weights"])}
+
+    def checkpoint_dir(self) -> Path:
+        return self.out_dir.with_name(self.out_dir.name + ".checkpoints")
+
+    def build(self, folder: Path) -> None:
+        from transformers import AutoTokenizer
+
+        from retrievers.dense import document_text
+        from retrievers.distill_dense import student_triples
+        from retrievers.impact_index import corpus_idf
+        from retrievers.sparse_student import (
+            SparseStudentSettings,
+            masked_lm_folder,
+            read_idf_json,
+            train_sparse_student,
+            write_idf_json,
+        )
+
+        s = dict(self.student)
+        corpus = self.corpus_task().load().corpus
+        doc_dir = masked_lm_folder(self.base_task().model_dir(), s["mlm_head"], folder / "mlm-base", s["base_model"])
+        tokenizer = AutoTokenizer.from_pretrained(doc_dir)
+        if s["idf"] == "corpus":
+            idf = corpus_idf(tokenizer, (document_text(doc) for doc in corpus.values()))
+        else:
+            idf = read_idf_json(Path(s["idf"]), tokenizer)
+        table = read_table(self.triples_task().out_dir / "triples.parquet")
+        triples = student_triples(table, corpus, dict(self.training["weights"]), s["negatives_per_query"], 1.0)
+        names = set(SparseStudentSettings.__dataclass_fields__) - {"margin_bins"}
+        settings = SparseStudentSettings(margin_bins=self.training["margin_bins"],
+                                         **{k: v for k, v in s.items() if k in names})
+        log.info("sparse student: %d triples of %d queries (%s FLOPS, %s)", len(triples["query_id"]),
+                 len(set(triples["query_id"])), s["regularizer"], s["loss"])
+        stats = train_sparse_student(doc_dir, idf, triples, folder / "model", self.checkpoint_dir(), settings)
+        write_idf_json(tokenizer, idf, folder / "idf.json")
+        shutil.rmtree(folder / "mlm-base", ignore_errors=True)
+        (folder / "training.json").write_text(json.dumps(stats, indent=2))
+
+    def model_dir(self) -> Path:
+        return self.out_dir / "model"
+
+
+def sparse_student_task(workdir: str, trained: dict) -> TrainSparse:
+    """The TrainSparse task a sparse retrieval task's ``trained`` parameter names."""
+    return TrainSparse(workdir=workdir, training=narrow(dict(trained["training"]), SPARSE_KEYS),
+                       student=trained["student"])
+
+
+class SparseTask(CorpusTask):
+    """Parameters shared by the impact-index tasks."""
+
+    model = luigi.Parameter(description="model source string (a name only, when ``trained`` is given)")
+    trained = luigi.DictParameter(default={}, description="the TrainSparse parameters {training, student}")
+    batch_size = luigi.IntParameter(default=32)
+    max_seq_length = luigi.IntParameter(default=256)
+
+    def fetch_task(self) -> StageTask:
+        if self.trained:
+            return sparse_student_task(self.workdir, dict(self.trained))
+        return FetchModel(workdir=self.workdir, source=self.model)
+
+    def fingerprint_payload(self) -> dict:
+        own = super().fingerprint_payload()
+        own.pop("trained", None)  # the student enters through its training task's fingerprint
+        own.pop("model", None)  # and a fetched model through FetchModel's
+        return own
+
+    def load_model(self):
+        """The sparse model (a student's routes, or a siamese SPLADE checkpoint) on the best device."""
+        if self.trained:
+            from retrievers.sparse_student import load_inference_free_encoder
+
+            return load_inference_free_encoder(self.fetch_task().model_dir())
+        from retrievers.teachers import load_sparse_encoder
+
+        return load_sparse_encoder(self.fetch_task().model_dir(), self.max_seq_length)
+
+    def sparse_kwargs(self) -> dict:
+        return {"dataset": self.dataset, "model": self.model, "trained": self.trained,
+                "batch_size": self.batch_size, "max_seq_length": self.max_seq_length}
+
+
+class ImpactIndex(SparseTask):
+    """``index/`` (Lucene impact index), ``vectors.jsonl`` (the JsonVectorCollection it was built from, kept for
+    export) and ``stats.json`` (documents, mean non-zero terms per document, seconds)."""
+
+    def requires(self):
+        return [self.dataset_task(), self.fetch_task()]
+
+    def build(self, folder: Path) -> None:
+        from tqdm import tqdm
+
+        from retrievers.dense import document_text
+        from retrievers.impact_index import append_vector_collection, build_impact_index, csr_row_vectors
+        from retrievers.sparse_student import encode_batched
+
+        corpus = self.dataset_task().load().corpus
+        doc_ids = list(corpus)
+        model = self.load_model()
+        vocab = model.tokenizer.convert_ids_to_tokens(list(range(len(model.tokenizer))))
+        collection = folder / "collection"
+        collection.mkdir()
+        started = time.perf_counter()
+        nonzero = 0
+        with open(collection / "vectors.jsonl", "w", encoding="utf-8") as out, \
+                tqdm(total=len(doc_ids), desc="impact vectors", unit="doc") as bar:
+            texts = (document_text(corpus[d]) for d in doc_ids)
+            for start, matrix in zip(range(0, len(doc_ids), self.batch_size),
+                                     encode_batched(model, list(texts), self.batch_size), strict=True):
+                batch_ids = doc_ids[start:start + self.batch_size]
+                nonzero += append_vector_collection(out, batch_ids, csr_row_vectors(matrix, vocab))
+                bar.update(len(batch_ids))
+        encode_seconds = time.perf_counter() - started
+        build_impact_index(collection, folder / "index")
+        (collection / "vectors.jsonl").rename(folder / "vectors.jsonl")
+        collection.rmdir()
+        stats = {"documents": len(doc_ids), "mean_doc_terms": nonzero / max(len(doc_ids), 1),
+                 "encode_seconds": encode_seconds, "index_seconds": time.perf_counter() - started - encode_seconds,
+                 "device": str(model.device)}
+        (folder / "stats.json").write_text(json.dumps(stats, indent=2))
+        log.info("impact index: %d documents, %.1f non-zero terms per document", len(doc_ids),
+                 stats["mean_doc_terms"])
+
+
+class ImpactSearch(SparseTask):
+    """Top-k of the split's judged queries from the impact index, as a TREC run, with ``stats.json`` (mean
+    non-zero query terms, search seconds)."""
+
+    top_k = luigi.IntParameter(default=100)
+
+    def index_task(self) -> ImpactIndex:
+        return ImpactIndex(workdir=self.workdir, **self.sparse_kwargs())
+
+    def upstream_fingerprint(self, task: StageTask) -> str:
+        return task.fingerprint()  # reads the split's queries, not only the corpus
+
+    def requires(self):
+        return [self.dataset_task(), self.fetch_task(), self.index_task()]
+
+    def build(self, folder: Path) -> None:
+        from retrievers.impact_index import csr_row_vectors, impact_search
+        from retrievers.sparse_student import encode_batched
+
+        queries = self.dataset_task().load().queries
+        query_ids = list(queries)
+        model = self.load_model()
+        vocab = model.tokenizer.convert_ids_to_tokens(list(range(len(model.tokenizer))))
+        started = time.perf_counter()
+        vectors = [v for matrix in encode_batched(model, [queries[q] for q in query_ids], 256, route="query")
+                   for v in csr_row_vectors(matrix, vocab)]
+        encode_seconds = time.perf_counter() - started
+        run = impact_search(self.index_task().out_dir / "index", dict(zip(query_ids, vectors, strict=True)),
+                            self.top_k)
+        seconds = time.perf_counter() - started
+        write_trec_run(run, folder / "run.trec", "impact")
+        (folder / "timing.json").write_text(json.dumps({"queries": len(queries), "seconds": seconds}))
+        (folder / "stats.json").write_text(json.dumps({
+            "queries": len(queries), "mean_query_terms": sum(map(len, vectors)) / max(len(vectors), 1),
+            "query_encode_seconds": encode_seconds, "search_seconds": seconds - encode_seconds}, indent=2))
+

