@@ -28,7 +28,10 @@ def _no_guide(cfg: RunConfig) -> RunConfig:
 
 
 def _random_batches(cfg: RunConfig) -> RunConfig:
-    return _set(cfg, "dense_student", sampler="random")
+    for section in ("dense_student", "sparse_student"):
+        if getattr(cfg, section) is not None:
+            cfg = _set(cfg, section, sampler="random")
+    return cfg
 
 
 def _single_teacher(cfg: RunConfig) -> RunConfig:
@@ -93,8 +96,8 @@ def why_not(cfg: RunConfig, variant: str, student: str = "dense") -> str:
     return ""
 
 
-def ablation_rows(cfg: RunConfig, workdir: Path, data_dir: Path, variants: list[str],
-                  student: str = "dense") -> tuple[list[dict], dict[str, str]]:
+def ablation_rows(cfg: RunConfig, workdir: Path, data_dir: Path, variants: list[str], student: str = "dense",
+                  eval_split: str | None = None) -> tuple[list[dict], dict[str, str]]:
     """AblationReport rows (the configured retrievers first, then one student per variant) and skipped
     variants."""
     from pipelines.dag import DENSE_STUDENT, SPARSE_STUDENT, STUDENTS, build_report_task
@@ -115,13 +118,13 @@ def ablation_rows(cfg: RunConfig, workdir: Path, data_dir: Path, variants: list[
         if reason:
             skipped[variant] = reason
             continue
-        entries = build_report_task(VARIANTS[variant](cfg), workdir, data_dir).entries
+        entries = build_report_task(VARIANTS[variant](cfg), workdir, data_dir, eval_split).entries
         entry = next(e for e in entries if e["name"] == name)
         student_dataset = entry["dataset"]
         rows.append({"name": f"{student} student: {variant}", "dataset": entry["dataset"],
                      "retriever": entry["retriever"]})
     baselines = [{"name": e["name"], "dataset": e["dataset"], "retriever": e["retriever"]}
-                 for e in build_report_task(cfg, workdir, data_dir).entries
+                 for e in build_report_task(cfg, workdir, data_dir, eval_split).entries
                  if e["name"] not in STUDENTS and student_dataset is not None
                  and e["dataset"]["dataset"] == student_dataset["dataset"]]
     return baselines + rows, skipped

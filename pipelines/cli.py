@@ -73,6 +73,9 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--workdir", type=Path, help="artifact root (default: the config's workdir)")
         cmd.add_argument("--datasets", help="comma-separated subset of the config's data sets")
         cmd.add_argument("-v", "--verbose", action="store_true")
+        if name != "export":
+            cmd.add_argument("--eval-split", help="evaluate on this split instead of [data] split (generation and "
+                                                  "training unchanged): select settings on train, report test")
         if name == "ablate":
             from pipelines.ablation import VARIANTS
 
@@ -140,7 +143,7 @@ def _prepare(args: argparse.Namespace):
         if not (data_dir and (data_dir / dataset).is_dir()):
             resolve_dataset_dir(dataset, data_dir, download=cfg.data.download and data_dir is not None)
     assert data_dir is not None
-    return cfg, workdir, build_roots(cfg, workdir, data_dir.resolve())
+    return cfg, workdir, build_roots(cfg, workdir, data_dir.resolve(), getattr(args, "eval_split", None))
 
 
 def _failures_since(workdir: Path, since: float) -> list[dict]:
@@ -166,7 +169,8 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     cfg, workdir, roots = _prepare(args)
     data_dir = Path(roots[0].entries[0]["dataset"]["data_dir"])
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    rows, skipped = ablation_rows(cfg, workdir, data_dir, variants, student=args.student)
+    rows, skipped = ablation_rows(cfg, workdir, data_dir, variants, student=args.student,
+                                  eval_split=args.eval_split)
     return _build(args, cfg, workdir, [AblationReport(workdir=str(workdir), entries=rows,
                                                       metrics=list(cfg.eval.metrics), skipped=skipped)])
 
@@ -180,7 +184,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     built, first_query = built_indexes(cfg, roots[0])
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     for folder in export(built, args.to.expanduser().resolve(), formats, args.force, args.index_name,
-                         args.example_query or first_query):
+                         args.example_query or first_query, workdir=workdir):
         print(folder)
     return 0
 

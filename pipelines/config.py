@@ -265,7 +265,16 @@ class SparseStudentConfig(_Strict):
     batch_size: int = Field(32, ge=2)
     learning_rate: float = Field(5e-5, gt=0)
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
-    max_seq_length: int = Field(256, ge=16)
+    max_seq_length: int = Field(256, ge=16, description="document window of the index")
+    train_max_seq_length: int = Field(0, ge=0, description="training truncation (0: max_seq_length)")
+
+    @model_validator(mode="after")
+    def _lengths_and_idf(self) -> SparseStudentConfig:
+        if 0 < self.train_max_seq_length < 16:
+            raise ValueError("train_max_seq_length: 0 (= max_seq_length) or at least 16")
+        if self.idf != "corpus" and not Path(self.idf).expanduser().is_file():
+            raise ValueError(f"idf: {self.idf} is not a file; give the path of an idf.json or \"corpus\"")
+        return self
     sampler: Literal["tas-balanced", "random"] = "tas-balanced"
     negatives_per_query: int = Field(16, ge=0)
     checkpoint_steps: int = Field(50, ge=1)

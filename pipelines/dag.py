@@ -30,8 +30,11 @@ SPARSE_STUDENT = "sparse-student"
 STUDENTS = (DENSE_STUDENT, SPARSE_STUDENT)
 
 
-def build_report_task(cfg: RunConfig, workdir: Path, data_dir: Path) -> Report:
-    """Every configured retriever on every data set, and the students on the corpus they were trained for."""
+def build_report_task(cfg: RunConfig, workdir: Path, data_dir: Path, eval_split: str | None = None) -> Report:
+    """Every configured retriever on every data set, and the students on the corpus they were trained for.
+
+    ``eval_split`` evaluates every entry on that split instead of ``[data] split`` and changes nothing else:
+    generation and training keep their own splits, so settings are selected on train without retraining."""
     entries = [{"name": name, "dataset": dataset_params(cfg, dataset, data_dir), "retriever": retriever_spec(cfg, name)}
                for dataset in cfg.data.datasets for name in cfg.retrievers]
     if cfg.dense_student is not None:
@@ -42,6 +45,8 @@ def build_report_task(cfg: RunConfig, workdir: Path, data_dir: Path) -> Report:
         settings = training_settings(cfg, data_dir)
         entries.append({"name": SPARSE_STUDENT, "dataset": dict(settings["corpus"]),
                         "retriever": sparse_student_retriever(cfg, settings)})
+    if eval_split:
+        entries = [{**e, "dataset": {**e["dataset"], "split": eval_split}} for e in entries]
     return Report(workdir=str(workdir), entries=entries, metrics=list(cfg.eval.metrics))
 
 
@@ -126,12 +131,12 @@ def training_settings(cfg: RunConfig, data_dir: Path) -> dict:
     }
 
 
-def build_roots(cfg: RunConfig, workdir: Path, data_dir: Path) -> list[StageTask]:
+def build_roots(cfg: RunConfig, workdir: Path, data_dir: Path, eval_split: str | None = None) -> list[StageTask]:
     """The DAG's roots: the evaluation report, and the generation and training-data reports when configured."""
     from pipelines.tasks.generation import QueryGenReport
     from pipelines.tasks.training_report import REPORT_KEYS, TrainingDataReport
 
-    roots: list[StageTask] = [build_report_task(cfg, workdir, data_dir)]
+    roots: list[StageTask] = [build_report_task(cfg, workdir, data_dir, eval_split)]
     if cfg.generation is not None:
         roots.append(QueryGenReport(workdir=str(workdir), entries=generation_entries(cfg, data_dir)))
     if cfg.training is not None:
@@ -187,5 +192,13 @@ def built_indexes(cfg: RunConfig, report: Report):
         sparse_index=sparse_task.index_task().out_dir if sparse_task else None,
         sparse_model=sparse_task.fetch_task().model_dir() if sparse_task else None,
         idf=sparse_task.fetch_task().out_dir / "idf.json" if sparse_task else None)
-    queries = dataset.load().queries if dataset.complete() else {}
-    return built, next(iter(queries.values()), "")
+    return built, first_query(dataset.out_dir / "queries.jsonl")
+
+
+def first_query(path: Path) -> str:
+    """The first query of a BEIR ``queries.jsonl`` (read alone, not the whole data set)."""
+    import json
+
+    with open(path, encoding="utf-8") as handle:
+        line = next((line for line in handle if line.strip()), "")
+    return json.loads(line)["text"] if line else ""

@@ -29,12 +29,12 @@ from pathlib import Path
 import numpy as np
 
 from retrievers.errors import UserError
+from retrievers.impact_index import IMPACT_SCALE  # the index stores round(weight x IMPACT_SCALE)
 
 log = logging.getLogger("stillhouse")
 
 FORMATS = ("lucene", "faiss", "opensearch", "milvus")
 BATCH = 256
-IMPACT_SCALE = 100  # the impact index stores round(weight * 100); exports give weights back as floats
 
 
 @dataclass(frozen=True)
@@ -62,19 +62,24 @@ def iter_corpus(path: Path) -> Iterator[dict]:
                 yield json.loads(line)
 
 
-def iter_impacts(path: Path) -> Iterator[tuple[str, dict[str, float]]]:
-    """(doc id, {token: weight}) from a JsonVectorCollection of integer impacts."""
+def iter_impacts(path: Path) -> Iterator[tuple[str, dict[str, int]]]:
+    """(doc id, {token: integer impact}) from a JsonVectorCollection (impact = round(weight x 100))."""
     with open(path, encoding="utf-8") as handle:
         for line in handle:
             row = json.loads(line)
-            yield row["id"], {t: v / IMPACT_SCALE for t, v in row["vector"].items()}
+            yield row["id"], row["vector"]
+
+
+def mapped_index(index_dir: Path):
+    """The FAISS index of a folder, memory-mapped (read only): rows are read from disk as they are used."""
+    import faiss
+
+    return faiss.read_index(str(index_dir / "index.faiss"), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
 
 
 def iter_dense(index_dir: Path) -> Iterator[tuple[str, np.ndarray]]:
     """(doc id, vector) from a FAISS flat index folder, ``BATCH`` rows reconstructed at a time."""
-    from retrievers import faiss_index
-
-    index = faiss_index.load_index(index_dir / "index.faiss")
+    index = mapped_index(index_dir)
     doc_ids = json.loads((index_dir / "docids.json").read_text())
     for start in range(0, index.ntotal, BATCH):
         block = index.reconstruct_n(start, min(BATCH, index.ntotal - start))
@@ -86,23 +91,24 @@ def documents(built: BuiltIndexes) -> Iterator[dict]:
     corpus order, ids checked)."""
     sparse = iter_impacts(built.sparse_index / "vectors.jsonl") if built.sparse_index else None
     dense = iter_dense(built.dense_index) if built.dense_index else None
+    streams = {name: stream for name, stream in (("sparse", sparse), ("dense", dense)) if stream is not None}
     for doc in iter_corpus(built.corpus):
         row = {"id": doc["_id"], "title": doc.get("title", ""), "text": doc.get("text", "")}
-        for name, stream in (("sparse", sparse), ("dense", dense)):
-            if stream is None:
-                continue
-            doc_id, vector = next(stream)
+        for name, stream in streams.items():
+            doc_id, vector = next(stream, (None, None))
             if doc_id != row["id"]:
                 raise UserError(f"export: the {name} index is out of step with the corpus ({doc_id} where "
                                 f"{row['id']} was expected); rebuild it with `stillhouse run`")
             row[name] = vector
         yield row
+    for name, stream in streams.items():
+        if next(stream, None) is not None:
+            raise UserError(f"export: the {name} index holds more documents than the corpus; rebuild it with "
+                            "`stillhouse run`")
 
 
 def dense_dimension(built: BuiltIndexes) -> int:
-    from retrievers import faiss_index
-
-    return faiss_index.load_index(built.dense_index / "index.faiss").d
+    return mapped_index(built.dense_index).d
 
 
 def export_lucene(built: BuiltIndexes, out: Path) -> None:
@@ -143,9 +149,10 @@ def opensearch_mapping(built: BuiltIndexes, engine: str) -> dict:
         {"mappings": {"properties": properties}}
 
 
-def sparse_query_body(query_vector: dict[str, float], k: int = 10) -> dict:
-    """A query whose score is the pipeline's ``sum_t q_t d_t``: one ``rank_feature`` clause (linear) per
-    query token, boosted by the token's query weight."""
+def sparse_query_body(query_vector: dict[str, int], k: int = 10) -> dict:
+    """A query whose score is the impact index's ``sum_t q_t d_t`` over integer impacts: one ``rank_feature``
+    clause (linear) per query token, boosted by the token's query impact. The documents' features are integer
+    impacts too: ``rank_features`` keeps 9 significant bits, so integers under 512 are stored exactly."""
     return {"size": k, "query": {"bool": {"should": [
         {"rank_feature": {"field": f"sparse.{feature_name(t)}", "linear": {}, "boost": w}}
         for t, w in query_vector.items()]}}}
@@ -162,7 +169,7 @@ def export_opensearch(built: BuiltIndexes, out: Path, index_name: str, example_q
         for row in documents(built):
             source = {"title": row["title"], "text": row["text"]}
             if "sparse" in row:
-                source["sparse"] = {feature_name(t): w for t, w in row["sparse"].items()}
+                source["sparse"] = {feature_name(t): impact for t, impact in row["sparse"].items()}
             if "dense" in row:
                 source["dense"] = [round(float(x), 7) for x in row["dense"]]
             bulk.write(json.dumps({"index": {"_index": index_name, "_id": row["id"]}}) + "\n")
@@ -180,8 +187,9 @@ def export_opensearch(built: BuiltIndexes, out: Path, index_name: str, example_q
     (out / "README.md").write_text(
         f"# OpenSearch / Elasticsearch\n\n1. `PUT /{index_name}` with `opensearch-mapping.json` (or "
         f"`elasticsearch-mapping.json`).\n2. `POST /_bulk` with `bulk.ndjson` (split it for large corpora).\n"
-        "3. Query with the bodies in `example-queries.json`. Sparse feature names are vocabulary tokens with `%` "
-        "and `.` percent-escaped (`%25`, `%2E`).\n")
+        "3. Query with the bodies in `example-queries.json`. Sparse features are integer impacts (weight x 100) "
+        "named by vocabulary token, with `%` and `.` percent-escaped (`%25`, `%2E`); a query's boosts are its "
+        "tokens' `idf.json` weights x 100, rounded, as in the example.\n")
 
 
 def export_milvus(built: BuiltIndexes, out: Path) -> None:
@@ -209,7 +217,8 @@ def export_milvus(built: BuiltIndexes, out: Path) -> None:
     batch: dict[str, list] = {"sparse": [], "dense": []}
     for row in documents(built):
         if "sparse" in row:
-            batch["sparse"].append({"id": row["id"], "vector": {vocab[t]: w for t, w in row["sparse"].items()}})
+            batch["sparse"].append({"id": row["id"], "vector": {vocab[t]: v / IMPACT_SCALE
+                                                                for t, v in row["sparse"].items()}})
         if "dense" in row:
             batch["dense"].append({"id": row["id"], "vector": row["dense"].astype(np.float32).tolist()})
         for name, rows in batch.items():
@@ -236,16 +245,15 @@ def sparse_tokenizer_dir(model_dir: Path) -> Path:
     return found[0].parent
 
 
-def sparse_query_vector(built: BuiltIndexes, query: str) -> dict[str, float]:
-    """The sparse student's query vector for ``query`` (its static table; quantized as the index searches)."""
+def sparse_query_vector(built: BuiltIndexes, query: str) -> dict[str, int]:
+    """The sparse student's query impacts for ``query`` (its static table, quantized as the index searches)."""
     from transformers import AutoTokenizer
 
-    from retrievers.impact_index import idf_query_vector
+    from retrievers.impact_index import IdfQueryEncoder
     from retrievers.sparse_student import read_idf_json
 
     tokenizer = AutoTokenizer.from_pretrained(sparse_tokenizer_dir(built.sparse_model))
-    weights = read_idf_json(built.idf, tokenizer)
-    return {t: round(w * IMPACT_SCALE) / IMPACT_SCALE for t, w in idf_query_vector(tokenizer, weights, query).items()}
+    return IdfQueryEncoder(tokenizer, read_idf_json(built.idf, tokenizer)).encode(query)
 
 
 def dense_query_vector(built: BuiltIndexes, query: str) -> list[float]:
@@ -259,8 +267,14 @@ EXPORTERS = {"lucene": export_lucene, "faiss": export_faiss, "milvus": export_mi
 
 
 def export(built: BuiltIndexes, target: Path, formats: list[str], force: bool = False, index_name: str = "stillhouse",
-           example_query: str = "") -> list[Path]:
-    """Write the chosen exports under ``target`` (one sub-folder per format); return the folders written."""
+           example_query: str = "", workdir: Path | None = None) -> list[Path]:
+    """Write the chosen exports under ``target`` (one sub-folder per format); return the folders written.
+
+    Everything is written into a staging folder beside ``target`` that replaces it only once complete; a
+    failed export removes its staging folder and leaves ``target`` as it was."""
+    formats = list(dict.fromkeys(formats))
+    if not formats:
+        raise UserError(f"export --formats: name at least one of {', '.join(FORMATS)}")
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
         raise UserError(f"export --formats: unknown format {unknown[0]!r}; choose from {', '.join(FORMATS)}")
@@ -270,23 +284,29 @@ def export(built: BuiltIndexes, target: Path, formats: list[str], force: bool = 
             kind = "sparse" if fmt == "lucene" else "dense"
             raise UserError(f"export --formats {fmt}: the config has no {kind} student index; add "
                             f"[{kind}_student] to the config or drop {fmt}")
+    if workdir is not None and (target == workdir or target in workdir.parents or workdir in target.parents):
+        raise UserError(f"export --to {target}: inside or around the work dir {workdir}; choose a folder outside it")
     if target.exists() and (not target.is_dir() or any(target.iterdir())) and not force:
         raise UserError(f"export target {target} already exists; pass --force to replace it or choose another --to")
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.with_name(f".{target.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
-    written = []
-    for fmt in formats:
-        log.info("export: %s", fmt)
-        folder = staging / fmt
-        folder.mkdir()
-        if fmt == "opensearch":
-            export_opensearch(built, folder, index_name, example_query)
-        else:
-            EXPORTERS[fmt](built, folder)
-        written.append(target / fmt)
-    if target.exists():
-        shutil.rmtree(target)
-    staging.rename(target)
-    return written
+    try:
+        for fmt in formats:
+            log.info("export: %s", fmt)
+            folder = staging / fmt
+            folder.mkdir()
+            if fmt == "opensearch":
+                export_opensearch(built, folder, index_name, example_query)
+            else:
+                EXPORTERS[fmt](built, folder)
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return [target / fmt for fmt in formats]

@@ -63,7 +63,7 @@ def has_mlm_head(model_dir: Path) -> bool:
     return False
 
 
-def masked_lm_folder(base_dir: Path, mlm_head: str, out_dir: Path, name: str = "") -> Path:
+def masked_lm_folder(base_dir: Path, mlm_head: str, out_dir: Path, name: str = "", seed: int = 13) -> Path:
     """The document encoder's starting checkpoint, a ``*ForMaskedLM`` folder.
 
     ``mlm_head = "model"``: the base must already have its MLM head (SPLADE-tiny, BERT). ``"tied"``: a BERT
@@ -86,6 +86,7 @@ def masked_lm_folder(base_dir: Path, mlm_head: str, out_dir: Path, name: str = "
                         f"{config.model_type!r} model")
     config.tie_word_embeddings = True
     config.architectures = ["BertForMaskedLM"]
+    torch.manual_seed(seed)  # the new head's transform layer: the same fingerprint gives the same model
     mlm = BertForMaskedLM(config)
     encoder = AutoModel.from_pretrained(base_dir)
     # BertForMaskedLM's encoder has no pooler: the sentence encoder's pooler weights are not needed.
@@ -124,6 +125,8 @@ def read_idf_json(path: Path, tokenizer) -> np.ndarray:
                         "recompute it for this encoder (sparse_student.idf = \"corpus\")")
     weights = np.zeros(len(vocab), dtype=np.float32)
     for token, weight in table.items():
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or weight < 0:
+            raise UserError(f"{path}: the weight of {token!r} is {weight!r}; weights are non-negative numbers")
         weights[vocab[token]] = float(weight)
     return weights
 
@@ -153,6 +156,11 @@ def build_inference_free_encoder(doc_dir: Path, weights: np.ndarray, max_seq_len
     return SparseEncoder(modules=[router], similarity_fn_name="dot", device=device or pick_device())
 
 
+def document_route(model):
+    """The document encoder (the masked-LM Transformer) of an inference-free SparseEncoder."""
+    return model[0].sub_modules["document"][0]
+
+
 def load_inference_free_encoder(model_dir: Path, device: str | None = None):
     from sentence_transformers import SparseEncoder
 
@@ -174,7 +182,8 @@ class SparseStudentSettings:
     batch_size: int = 32
     learning_rate: float = 5e-5
     warmup_ratio: float = 0.1
-    max_seq_length: int = 256
+    max_seq_length: int = 256  # the document window the saved model indexes with
+    train_max_seq_length: int = 0  # training truncation (0: max_seq_length); the cost is the MLM head per token
     sampler: str = "tas-balanced"
     margin_bins: int = 10
     checkpoint_steps: int = 50
@@ -224,7 +233,8 @@ def train_sparse_student(doc_dir: Path, idf: np.ndarray, triples: dict[str, list
     if not triples["query_id"]:
         raise UserError("sparse student: no training triples; see the training-data report")
     torch.manual_seed(settings.seed)
-    model = build_inference_free_encoder(doc_dir, query_weights(idf, settings.regularizer), settings.max_seq_length)
+    model = build_inference_free_encoder(doc_dir, query_weights(idf, settings.regularizer),
+                                         settings.train_max_seq_length or settings.max_seq_length)
     on_gpu = model.device.type == "cuda"
     scale = settings.margin_scale or margin_scale_for(model, triples, seed=settings.seed)
     log.info("sparse student: teacher margins x %.2f", scale)
@@ -254,6 +264,7 @@ def train_sparse_student(doc_dir: Path, idf: np.ndarray, triples: dict[str, list
     started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume_from)
     seconds = time.perf_counter() - started
+    document_route(model).max_seq_length = settings.max_seq_length
     model.save(str(out_dir))
     steps_resumed = checkpoint_step(Path(resume_from)) if resume_from else 0
     pairs = (trainer.state.global_step - steps_resumed) * settings.batch_size

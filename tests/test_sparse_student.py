@@ -181,7 +181,7 @@ def bulk_schema(dim: int) -> dict:
             "properties": {"title": {"type": "string"}, "text": {"type": "string"},
                            "sparse": {"type": "object", "minProperties": 1,
                                       "propertyNames": {"pattern": r"^[^.]+$"},
-                                      "additionalProperties": {"type": "number", "exclusiveMinimum": 0}},
+                                      "additionalProperties": {"type": "integer", "minimum": 1, "maximum": 511}},
                            "dense": {"type": "array", "minItems": dim, "maxItems": dim, "items": {"type": "number"}}}}
 
 
@@ -208,7 +208,8 @@ def test_opensearch_bulk_is_valid_and_its_example_query_scores_like_the_pipeline
     example = json.loads((folder / "example-queries.json").read_text())
     clauses = example["sparse"]["query"]["bool"]["should"]
     boosts = {c["rank_feature"]["field"].removeprefix("sparse."): c["rank_feature"]["boost"] for c in clauses}
-    scores = {d: sum(b * body["sparse"].get(f, 0.0) for f, b in boosts.items()) for d, body in docs.items()}
+    # Integer impacts times integer boosts: the impact index's own integer score (the run holds it / 100^2).
+    scores = {d: sum(b * body["sparse"].get(f, 0) for f, b in boosts.items()) / 10_000 for d, body in docs.items()}
     first_qid = next(iter(queries))
     assert example["query"] == queries[first_qid]
     assert_same_top(runs["sparse-student"][first_qid], {d: s for d, s in scores.items() if s > 0})
@@ -217,18 +218,34 @@ def test_opensearch_bulk_is_valid_and_its_example_query_scores_like_the_pipeline
     assert_same_top(runs["dense-student"][first_qid], dense_scores, rel=1e-3)
 
 
-def test_export_refuses_an_existing_target_unless_forced(smoke_run: Path, slice_root: Path, exported: Path) -> None:
-    args = ("export", str(SMOKE), "--data-dir", str(slice_root), "--workdir", str(smoke_run), "--to", str(exported),
-            "--formats", "faiss")
-    refused = run_cli(*args)
+def test_export_refuses_an_existing_target_unless_forced(smoke_run: Path, slice_root: Path, tmp_path: Path) -> None:
+    target = tmp_path / "shipped"
+    common = ("export", str(SMOKE), "--data-dir", str(slice_root), "--workdir", str(smoke_run), "--to", str(target))
+    first = run_cli(*common, "--formats", "faiss,lucene")
+    assert first.returncode == 0, first.stderr[-2000:]
+    refused = run_cli(*common, "--formats", "faiss")
     assert refused.returncode == 2
-    assert one_error_line(refused) == (f"error: export target {exported} already exists; pass --force to replace "
+    assert one_error_line(refused) == (f"error: export target {target} already exists; pass --force to replace "
                                        "it or choose another --to")
-    assert (exported / "milvus").is_dir()  # untouched
-    forced = run_cli(*args, "--force")
+    assert sorted(p.name for p in target.iterdir()) == ["faiss", "lucene"]  # untouched
+    forced = run_cli(*common, "--formats", "faiss", "--force")
     assert forced.returncode == 0, forced.stderr[-2000:]
-    assert sorted(p.name for p in exported.iterdir()) == ["faiss"]
-    assert not list(exported.parent.glob(".*partial"))
+    assert sorted(p.name for p in target.iterdir()) == ["faiss"]
+    assert not list(tmp_path.glob(".*partial"))
+    unknown = run_cli(*common, "--formats", "solr", "--force")
+    assert one_error_line(unknown) == "error: export --formats: unknown format 'solr'; choose from lucene, faiss, " \
+                                      "opensearch, milvus"
+    inside = run_cli(*common[:-1], str(smoke_run / "exports"))
+    assert one_error_line(inside).startswith(f"error: export --to {smoke_run / 'exports'}: inside or around the work")
+
+
+def test_export_before_the_run_is_one_clear_line(slice_root: Path, tmp_path: Path) -> None:
+    result = run_cli("export", str(SMOKE), "--data-dir", str(slice_root), "--workdir", str(tmp_path / "empty"),
+                     "--to", str(tmp_path / "out"))
+    assert result.returncode == 2
+    assert one_error_line(result) == ("error: export: DenseIndex(scifact) is not built yet; run `stillhouse run` "
+                                      "with the same config first")
+    assert not (tmp_path / "out").exists()
 
 
 def sparse_config(tmp_path: Path, extra: str) -> Path:
@@ -278,3 +295,49 @@ def test_sparse_ablation_trains_plain_flops_beside_idf_aware(smoke_run: Path, sl
     model = SparseEncoder(str(plain[0].parent / "model"), device="cpu")
     encoded = model.encode_query(["EZH2 regulates stem cell differentiation"], convert_to_sparse_tensor=True)
     assert set(encoded.coalesce().values().tolist()) == {1.0}  # binary query weights
+    # The query table shipped with it (idf.json, read by the exports) is the one it searches with.
+    assert set(json.loads((plain[0].parent / "idf.json").read_text()).values()) == {1.0}
+
+
+def test_minilm_gets_an_mlm_head_tied_to_its_word_embeddings(minilm_dir: Path, smollm2_dir: Path,
+                                                            tmp_path: Path) -> None:
+    import torch
+    from transformers import AutoModel, AutoModelForMaskedLM
+
+    from retrievers.errors import UserError
+    from retrievers.sparse_student import build_inference_free_encoder, has_mlm_head, masked_lm_folder
+
+    assert not has_mlm_head(minilm_dir)
+    with pytest.raises(UserError, match="has no masked-LM head"):
+        masked_lm_folder(minilm_dir, "model", tmp_path / "refused")
+    folder = masked_lm_folder(minilm_dir, "tied", tmp_path / "mlm")
+    assert has_mlm_head(folder)
+    mlm = AutoModelForMaskedLM.from_pretrained(folder)
+    encoder = AutoModel.from_pretrained(minilm_dir)
+    embeddings = mlm.get_input_embeddings().weight
+    assert mlm.get_output_embeddings().weight.data_ptr() == embeddings.data_ptr()  # tied, not copied
+    assert torch.equal(embeddings, encoder.get_input_embeddings().weight)
+    layer = "encoder.layer.5.output.dense.weight"
+    assert torch.equal(mlm.bert.state_dict()[layer], encoder.state_dict()[layer])
+    model = build_inference_free_encoder(folder, np.ones(len(embeddings), dtype=np.float32), 64, device="cpu")
+    document = model.encode_document(["Aspirin lowers the risk of a heart attack."], convert_to_sparse_tensor=True)
+    assert document.shape == (1, len(embeddings)) and 1 <= document.coalesce().values().numel() < len(embeddings)
+    with pytest.raises(UserError, match="query and document must share one vocabulary"):
+        build_inference_free_encoder(folder, np.ones(100, dtype=np.float32), 64, device="cpu")
+    with pytest.raises(UserError, match="builds a BERT MLM head"):  # a causal LM is no BERT encoder
+        masked_lm_folder(smollm2_dir, "tied", tmp_path / "llama")
+
+
+def test_eval_split_scores_the_trained_students_on_train_without_retraining(smoke_run: Path,
+                                                                           slice_root: Path) -> None:
+    before = task_outputs(smoke_run)
+    result = run_cli("run", str(SMOKE), "--data-dir", str(slice_root), "--workdir", str(smoke_run),
+                     "--eval-split", "train")
+    assert result.returncode == 0, result.stderr[-3000:]
+    new = {path.split("/")[0] for path in set(task_outputs(smoke_run)) - set(before)}
+    # Only the query side ran on the other split: no generation, training or corpus index.
+    assert {"BM25Search", "DenseSearch", "ImpactSearch", "Evaluate", "Report"} <= new
+    assert new <= {"LoadDataset", "BM25Search", "DenseSearch", "ImpactSearch", "Evaluate", "Report"}
+    assert "### scifact (train, 40 queries)" in (smoke_run / "report" / "results.md").read_text()
+    assert set(report_results(smoke_run)) == {"bm25", "all-MiniLM-L6-v2", "splade-tiny", "dense-student",
+                                              "sparse-student"}

@@ -22,6 +22,7 @@ from pipelines.tasks.base import StageTask
 from pipelines.tasks.data import FetchModel, corpus_only_fingerprint
 from pipelines.tasks.retrieval import CorpusTask
 from pipelines.tasks.training_data import TAS_KEYS, TASTriples, TrainTask, narrow, read_table
+from retrievers.errors import UserError
 from retrievers.runs import write_trec_run
 
 log = logging.getLogger("stillhouse")
@@ -56,6 +57,9 @@ class TrainSparse(TrainTask):
         if student["idf"] != "corpus":  # a file: its content, not its path
             from pipelines.fingerprint import file_digest
 
+            if not Path(student["idf"]).is_file():
+                raise UserError(f"sparse_student.idf: {student['idf']} is not a file; give an idf.json path or "
+                                "\"corpus\"")
             student["idf"] = file_digest(Path(student["idf"]))
         return {"student": student, "weights": dict(self.training["weights"])}
 
@@ -71,6 +75,7 @@ class TrainSparse(TrainTask):
         from retrievers.sparse_student import (
             SparseStudentSettings,
             masked_lm_folder,
+            query_weights,
             read_idf_json,
             train_sparse_student,
             write_idf_json,
@@ -78,7 +83,8 @@ class TrainSparse(TrainTask):
 
         s = dict(self.student)
         corpus = self.corpus_task().load().corpus
-        doc_dir = masked_lm_folder(self.base_task().model_dir(), s["mlm_head"], folder / "mlm-base", s["base_model"])
+        doc_dir = masked_lm_folder(self.base_task().model_dir(), s["mlm_head"], folder / "mlm-base", s["base_model"],
+                                   seed=s["seed"])
         tokenizer = AutoTokenizer.from_pretrained(doc_dir)
         if s["idf"] == "corpus":
             idf = corpus_idf(tokenizer, (document_text(doc) for doc in corpus.values()))
@@ -92,7 +98,8 @@ class TrainSparse(TrainTask):
         log.info("sparse student: %d triples of %d queries (%s FLOPS, %s)", len(triples["query_id"]),
                  len(set(triples["query_id"])), s["regularizer"], s["loss"])
         stats = train_sparse_student(doc_dir, idf, triples, folder / "model", self.checkpoint_dir(), settings)
-        write_idf_json(tokenizer, idf, folder / "idf.json")
+        # The query table the model searches with (ones for the plain-FLOPS ablation), for exports and serving.
+        write_idf_json(tokenizer, query_weights(idf, s["regularizer"]), folder / "idf.json")
         shutil.rmtree(folder / "mlm-base", ignore_errors=True)
         (folder / "training.json").write_text(json.dumps(stats, indent=2))
 
