@@ -13,6 +13,8 @@ from pathlib import Path
 from pipelines.config import RunConfig
 from retrievers.errors import UserError
 
+TIED_HEAD_WARMUP_STEPS = 200  # 16 documents a step: about 3,200 documents, most of SciFact once
+
 
 def _set(cfg: RunConfig, section: str, **changes) -> RunConfig:
     return cfg.model_copy(update={section: getattr(cfg, section).model_copy(update=changes)})
@@ -55,8 +57,12 @@ def _plain_flops(cfg: RunConfig) -> RunConfig:
 
 def _minilm_mlm(cfg: RunConfig) -> RunConfig:
     """The sparse student's document encoder from all-MiniLM-L6-v2 with a new MLM head tied to its word
-    embeddings, instead of SPLADE-tiny."""
-    return _set(cfg, "sparse_student", base_model="base", mlm_head="tied")
+    embeddings (trained first with masked-LM steps on the corpus: untrained, it predicts nothing), instead of
+    SPLADE-tiny."""
+    student = cfg.sparse_student
+    assert student is not None
+    return _set(cfg, "sparse_student", base_model="base", mlm_head="tied",
+                mlm_warmup_steps=student.mlm_warmup_steps or TIED_HEAD_WARMUP_STEPS)
 
 
 def _real_queries(cfg: RunConfig) -> RunConfig:
@@ -79,10 +85,16 @@ SPARSE_ONLY = ("plain-flops", "minilm-mlm")
 DENSE_ONLY = ("no-guide-filter",)  # its second half (plain InfoNCE instead of GISTEmbed) is the dense loss
 
 
-def why_not(cfg: RunConfig, variant: str, student: str = "dense") -> str:
-    """Why a variant does not apply to this config and student ('' when it does)."""
+def why_not(cfg: RunConfig, variant: str, student: str = "dense", data_dir: Path | None = None) -> str:
+    """Why a variant does not apply to this config, student and data ('' when it does)."""
+    from pipelines.dag import judged_splits
+
     training = cfg.training
     assert training is not None
+    corpus = cfg.training_dataset()
+    if variant == "real-queries" and data_dir is not None and \
+            not judged_splits(data_dir / corpus, [training.queries_split]):
+        return f"{corpus} has no judged {training.queries_split} split to train on"
     if variant in SPARSE_ONLY and student != "sparse":
         return "it changes the sparse student only (--student sparse)"
     if variant in DENSE_ONLY and student != "dense":
@@ -114,7 +126,7 @@ def ablation_rows(cfg: RunConfig, workdir: Path, data_dir: Path, variants: list[
     skipped: dict[str, str] = {}
     student_dataset = None
     for variant in variants:
-        reason = why_not(cfg, variant, student)
+        reason = why_not(cfg, variant, student, data_dir)
         if reason:
             skipped[variant] = reason
             continue

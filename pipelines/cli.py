@@ -128,18 +128,13 @@ def _prepare(args: argparse.Namespace):
     from pipelines.config import load_config
     from pipelines.dag import build_roots
 
-    cfg = load_config(args.config)
-    if args.datasets:
-        chosen = [d.strip() for d in args.datasets.split(",") if d.strip()]
-        if not chosen:
-            raise UserError("--datasets: give at least one data set name")
-        unknown = [d for d in chosen if d not in cfg.data.datasets]
-        if unknown:
-            raise UserError(f"--datasets: {unknown[0]!r} is not in {args.config} [data] datasets")
-        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"datasets": chosen})})
+    chosen = [d.strip() for d in args.datasets.split(",") if d.strip()] if args.datasets is not None else None
+    cfg = load_config(args.config, chosen)
     workdir = (args.workdir or Path(cfg.workdir)).expanduser().resolve()
     data_dir = data_dir_from_env(args.data_dir or cfg.data.dir)
-    for dataset in cfg.data.datasets:
+    # The examples' data set too: it may be one --datasets left out (examples from SciFact, students for Cranfield).
+    examples = [cfg.generation.examples_dataset] if cfg.generation and cfg.generation.examples_dataset else []
+    for dataset in dict.fromkeys([*cfg.data.datasets, *examples]):
         if not (data_dir and (data_dir / dataset).is_dir()):
             resolve_dataset_dir(dataset, data_dir, download=cfg.data.download and data_dir is not None)
     assert data_dir is not None

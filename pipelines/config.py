@@ -85,6 +85,9 @@ class GenerationConfig(_Strict):
     generators: list[str] = Field(min_length=1, description="model roles or sources of causal LMs")
     prompts: list[Literal["zero-shot", "promptagator", "sptar"]] = Field(default_factory=lambda: ["sptar"])
     dataset: str | None = Field(None, description="data set to generate for (default: the first in [data])")
+    examples_dataset: str | None = Field(
+        None, description="data set whose examples_split gives the labeled examples and SPTAR's tuning set (default: "
+                          "the target data set); another data set's examples adapt a corpus with no labels at all")
     examples_split: str = "train"
     prompt_examples: int = Field(8, ge=1, le=8, description="Promptagator examples (at most 8)")
     sptar_examples: int = Field(2, ge=0, le=8, description="example pairs in SPTAR prompts")
@@ -252,6 +255,10 @@ class SparseStudentConfig(_Strict):
     mlm_head: Literal["model", "tied"] = Field(
         "model", description="model: the base has its MLM head (SPLADE, BERT-MLM); tied: add one tied to the "
                              "word embeddings (e.g. all-MiniLM-L6-v2)")
+    mlm_warmup_steps: int = Field(
+        0, ge=0, description="masked-LM steps on the target corpus before distillation (BERT's objective, no "
+                             "labels); a new \"tied\" head needs them: untrained, it predicts nothing")
+    mlm_warmup_learning_rate: float = Field(1e-4, gt=0)
     idf: str = Field("corpus", description="query weights: \"corpus\" (IDF of the target corpus) or the path of "
                                             "an idf.json made for the document encoder's vocabulary")
     regularizer: Literal["idf-aware", "plain"] = "idf-aware"
@@ -272,6 +279,9 @@ class SparseStudentConfig(_Strict):
     def _lengths_and_idf(self) -> SparseStudentConfig:
         if 0 < self.train_max_seq_length < 16:
             raise ValueError("train_max_seq_length: 0 (= max_seq_length) or at least 16")
+        if self.mlm_head == "tied" and self.mlm_warmup_steps == 0:
+            raise ValueError("mlm_head = \"tied\" adds an untrained MLM head, which predicts nothing: set "
+                             "mlm_warmup_steps (e.g. 200) to train it on the corpus first")
         if self.idf != "corpus" and not Path(self.idf).expanduser().is_file():
             raise ValueError(f"idf: {self.idf} is not a file; give the path of an idf.json or \"corpus\"")
         return self
@@ -338,6 +348,19 @@ class RunConfig(_Strict):
                 raise ValueError(f"training.generator: {training.generator!r} is not in generation.generators")
             if training.prompt and training.prompt not in self.generation.prompts:
                 raise ValueError(f"training.prompt: {training.prompt!r} is not in generation.prompts")
+            examples = self.generation.examples_dataset or self.generation.dataset or self.data.datasets[0]
+            corpus = self.training_dataset()
+            if self.generation.targets == "held-out" and examples != corpus:
+                raise ValueError(f"generation.targets = \"held-out\" generates for {examples}'s documents, but the "
+                                 f"students train on {corpus}'s corpus: use targets = \"corpus\"")
+
+    def training_dataset(self) -> str:
+        """The corpus the students train on: ``training.dataset``, else the generated queries' data set, else the
+        first of ``[data] datasets``."""
+        training, generation = self.training, self.generation
+        generated = training is not None and training.queries == "generated" and generation is not None
+        return (training.dataset if training else None) or (generation.dataset if generated else None) \
+            or self.data.datasets[0]
 
     def model_source(self, role_or_source: str, where: str = "model") -> str:
         """A role from ``[models]``, or a source string given inline."""
@@ -363,14 +386,25 @@ def _user_path(loc: tuple, raw: dict) -> list[str]:
     return parts
 
 
-def load_config(path: Path) -> RunConfig:
-    """Parse and validate a run config; every problem is one UserError line naming the file."""
+def load_config(path: Path, datasets: list[str] | None = None) -> RunConfig:
+    """Parse and validate a run config; every problem is one UserError line naming the file.
+
+    ``datasets`` (``--datasets``) keeps a subset of ``[data] datasets``, validated as if the file said so: the
+    students are trained for the first of them unless ``generation.dataset`` / ``training.dataset`` name one."""
     if not path.is_file():
         raise UserError(f"{path}: no such config file; see configs/ for examples")
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: not valid TOML ({exc})") from None
+    if datasets is not None:
+        listed = raw.get("data", {}).get("datasets", []) if isinstance(raw.get("data"), dict) else []
+        if not datasets:
+            raise UserError("--datasets: give at least one data set name")
+        unknown = [d for d in datasets if d not in listed]
+        if unknown:
+            raise UserError(f"--datasets: {unknown[0]!r} is not in {path} [data] datasets")
+        raw["data"]["datasets"] = list(datasets)
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as exc:

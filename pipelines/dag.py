@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from luigi.task import flatten
@@ -9,6 +10,8 @@ from luigi.task import flatten
 from pipelines.config import DenseRetriever, RunConfig, SpladeRetriever
 from pipelines.tasks import Report, StageTask
 from retrievers.errors import UserError
+
+log = logging.getLogger("stillhouse")
 
 
 def dataset_params(cfg: RunConfig, name: str, data_dir: Path) -> dict:
@@ -84,8 +87,9 @@ def generation_entries(cfg: RunConfig, data_dir: Path) -> list[dict]:
     gen_cfg = cfg.generation
     assert gen_cfg is not None
     dataset = gen_cfg.dataset or cfg.data.datasets[0]
-    base = gen_cfg.model_dump(exclude={"generators", "prompts", "dataset", "examples_split"})
-    base["examples_dataset"] = {**dataset_params(cfg, dataset, data_dir), "split": gen_cfg.examples_split}
+    examples_dataset = gen_cfg.examples_dataset or dataset
+    base = gen_cfg.model_dump(exclude={"generators", "prompts", "dataset", "examples_dataset", "examples_split"})
+    base["examples_dataset"] = {**dataset_params(cfg, examples_dataset, data_dir), "split": gen_cfg.examples_split}
     base["target_dataset"] = (base["examples_dataset"] if gen_cfg.targets == "held-out"
                               else dataset_params(cfg, dataset, data_dir))
     base["dense_model"] = cfg.model_source(gen_cfg.dense_model)
@@ -98,8 +102,7 @@ def training_settings(cfg: RunConfig, data_dir: Path) -> dict:
     LoadDataset parameters, the generated-query source to its generation entry."""
     t = cfg.training
     assert t is not None
-    dataset = t.dataset or (cfg.generation.dataset if t.queries == "generated" and cfg.generation else None) \
-        or cfg.data.datasets[0]
+    dataset = cfg.training_dataset()
     teachers = {}
     for name, teacher in t.teachers.items():
         spec = teacher.model_dump()
@@ -112,7 +115,8 @@ def training_settings(cfg: RunConfig, data_dir: Path) -> dict:
         wanted_generator = cfg.model_source(t.generator) if t.generator else entries[0]["generator"]
         wanted_prompt = t.prompt or entries[0]["prompt"]
         gen = next(e for e in entries if e["generator"] == wanted_generator and e["prompt"] == wanted_prompt)
-    rerank_splits = [{**dataset_params(cfg, dataset, data_dir), "split": split} for split in t.rerank_splits]
+    rerank_splits = [{**dataset_params(cfg, dataset, data_dir), "split": split}
+                     for split in judged_splits(data_dir / dataset, t.rerank_splits)]
     return {
         "dataset": {**dataset_params(cfg, dataset, data_dir), "split": t.queries_split},
         "corpus": dataset_params(cfg, dataset, data_dir),
@@ -129,6 +133,21 @@ def training_settings(cfg: RunConfig, data_dir: Path) -> dict:
         "clusters": t.clusters, "margin_bins": t.margin_bins, "seed": t.seed,
         "rerank": {"splits": rerank_splits, "depth": t.rerank_depth}, "metrics": list(cfg.eval.metrics),
     }
+
+
+def judged_splits(folder: Path, wanted: list[str]) -> list[str]:
+    """The ``wanted`` splits that ``folder`` has qrels for (all of them while the folder is not there yet).
+
+    The rerank study is a report on whatever is judged: run on a corpus without a train split (Cranfield,
+    Vaswani) the same config studies the test split alone instead of failing."""
+    qrels = folder / "qrels"
+    if not qrels.is_dir():
+        return list(wanted)
+    present = [split for split in wanted if (qrels / f"{split}.tsv").is_file()]
+    for split in wanted:
+        if split not in present:
+            log.info("rerank study: %s has no %s split; studying %s", folder.name, split, ", ".join(present) or "none")
+    return present
 
 
 def build_roots(cfg: RunConfig, workdir: Path, data_dir: Path, eval_split: str | None = None) -> list[StageTask]:

@@ -29,8 +29,8 @@ def corpus_idf(tokenizer, texts: Iterable[str]) -> np.ndarray:
     n = 0
     for text in texts:
         n += 1
-        ids = np.unique(tokenizer(text, add_special_tokens=False, truncation=False, verbose=False)["input_ids"])
-        df[ids] += 1
+        ids = tokenizer(text, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
+        df[np.unique(np.asarray(ids, dtype=np.int64))] += 1  # an empty document (Cranfield has one) counts in N
     return np.log1p((n - df + 0.5) / (df + 0.5)).astype(np.float32)
 
 

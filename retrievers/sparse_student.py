@@ -219,6 +219,17 @@ def margin_scale_for(model, triples: dict[str, list], sample: int = 256, seed: i
     return float(np.std(student.float().cpu().numpy()) / max(float(np.std(teacher)), 1e-6))
 
 
+def fitted_margin_scale(model, triples: dict[str, list], checkpoint_dir: Path, resuming: bool, seed: int) -> float:
+    """``margin_scale_for`` the untrained student, kept beside its checkpoints: a resumed run trains against the
+    same targets even when its starting weights were not rebuilt (a masked-LM warm-up is not redone)."""
+    path = checkpoint_dir / "margin_scale.json"
+    if resuming and path.is_file():
+        return float(json.loads(path.read_text())["margin_scale"])
+    scale = margin_scale_for(model, triples, seed=seed)
+    path.write_text(json.dumps({"margin_scale": scale}))
+    return scale
+
+
 def train_sparse_student(doc_dir: Path, idf: np.ndarray, triples: dict[str, list], out_dir: Path,
                          checkpoint_dir: Path, settings: SparseStudentSettings) -> dict:
     """Train the document encoder of an inference-free model on ``triples`` (columns query_id, query,
@@ -236,7 +247,10 @@ def train_sparse_student(doc_dir: Path, idf: np.ndarray, triples: dict[str, list
     model = build_inference_free_encoder(doc_dir, query_weights(idf, settings.regularizer),
                                          settings.train_max_seq_length or settings.max_seq_length)
     on_gpu = model.device.type == "cuda"
-    scale = settings.margin_scale or margin_scale_for(model, triples, seed=settings.seed)
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    resume_from = last_complete_checkpoint(checkpoint_dir)
+    scale = settings.margin_scale or fitted_margin_scale(model, triples, checkpoint_dir, bool(resume_from),
+                                                         settings.seed)
     log.info("sparse student: teacher margins x %.2f", scale)
     margins = np.asarray(triples["margin"], dtype=np.float32) * scale
     labels = margins if settings.loss == "margin-mse" else np.stack([margins, np.zeros_like(margins)], axis=1)
@@ -247,8 +261,6 @@ def train_sparse_student(doc_dir: Path, idf: np.ndarray, triples: dict[str, list
         bins = settings.margin_bins
     else:
         clusters, bins = dict.fromkeys(triples["query_id"], 0), 1
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    resume_from = last_complete_checkpoint(checkpoint_dir)
     args = SparseEncoderTrainingArguments(
         output_dir=str(checkpoint_dir), num_train_epochs=settings.epochs,
         per_device_train_batch_size=settings.batch_size, learning_rate=settings.learning_rate,

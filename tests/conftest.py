@@ -52,9 +52,11 @@ def minilm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def slice_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A BEIR root holding ``scifact``: 40 judged test and 40 train queries, their documents, 400 docs in all."""
+    """A BEIR root holding ``scifact`` (40 judged test and 40 train queries, their documents, 400 docs in all) and
+    ``cranfield`` (20 judged test queries, no train split, 200 docs)."""
     root = tmp_path_factory.mktemp("beir-slice")
     copy_slice(BEIR_DIR / "scifact", root / "scifact", "test", max_docs=400, max_queries=40, extra_splits=("train",))
+    copy_slice(BEIR_DIR / "cranfield", root / "cranfield", "test", max_docs=200, max_queries=20)
     return root
 
 

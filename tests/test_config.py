@@ -105,3 +105,31 @@ def test_settings_a_task_does_not_read_leave_its_fingerprint_alone(tmp_path: Pat
     trained = load_config(_config(tmp_path, BASE + GENERATION + 'roundtrip = "trained"\nroundtrip_epochs = 3\n'))
     gen = spec(FilterQueries, generation_entries(trained, tmp_path)[0])
     assert gen["roundtrip_epochs"] == 3 and spec(RoundTripRetriever, gen)["roundtrip_epochs"] == 3
+
+
+def test_a_tied_mlm_head_needs_its_warm_up(tmp_path: Path) -> None:
+    training = "[training]\nqueries = \"split\"\nguide = \"mini\"\n[training.teachers.mini]\nkind = \"dense\"\n" \
+               "model = \"base\"\n"
+    tied = '[sparse_student]\nbase_model = "base"\nmlm_head = "tied"\n'
+    with pytest.raises(UserError, match=r"mlm_head = \"tied\" adds an untrained MLM head.*set mlm_warmup_steps"):
+        load_config(_config(tmp_path, BASE + training + tied))
+    cfg = load_config(_config(tmp_path, BASE + training + tied + "mlm_warmup_steps = 50\n"))
+    assert cfg.sparse_student is not None and cfg.sparse_student.mlm_warmup_steps == 50
+
+
+def test_datasets_subset_is_validated_as_the_file(tmp_path: Path) -> None:
+    """--datasets keeps a subset of [data] datasets; the students then train for its first data set, which held-out
+    targets (documents of the examples' data set) cannot feed."""
+    config = REPO / "configs" / "scifact.toml"
+    cfg = load_config(config, ["cranfield"])
+    assert cfg.data.datasets == ["cranfield"] and cfg.generation is not None
+    assert cfg.generation.examples_dataset == "scifact"
+    with pytest.raises(UserError, match=r"--datasets: 'msmarco' is not in .*scifact\.toml \[data\] datasets"):
+        load_config(config, ["msmarco"])
+    with pytest.raises(UserError, match="--datasets: give at least one data set name"):
+        load_config(config, [])
+    held_out = config.read_text().replace('targets = "corpus"', 'targets = "held-out"')
+    assert load_config(_config(tmp_path, held_out), ["scifact"]).generation.targets == "held-out"
+    with pytest.raises(UserError, match=r"held-out\" generates for scifact's documents, but the students train on "
+                                        r"cranfield's corpus: use targets = \"corpus\""):
+        load_config(_config(tmp_path, held_out), ["cranfield"])

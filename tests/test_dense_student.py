@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipelines.ablation import why_not
+from pipelines.config import load_config
 from retrievers.distill_dense import select_rows
 from retrievers.tas import tas_balanced_sampler
 
@@ -82,6 +84,43 @@ max_seq_length = 96
 negatives_per_query = 3
 checkpoint_steps = 2
 """
+
+
+def test_the_same_config_adapts_a_corpus_without_labels(smoke_run: Path, slice_root: Path, tmp_path: Path) -> None:
+    """Cranfield has no train split: SciFact's examples and soft prompt (already built) generate its queries, and
+    both students are trained for it and evaluated beside its baselines."""
+    config = tmp_path / "smoke-cranfield.toml"
+    text = SMOKE.read_text().replace('datasets = ["scifact"]', 'datasets = ["scifact", "cranfield"]')
+    text = text.replace('examples_split = "train"', 'examples_dataset = "scifact"\nexamples_split = "train"')
+    config.write_text(text.replace("rerank_splits = []", 'rerank_splits = ["train", "test"]'))
+    before = task_outputs(smoke_run)
+    result = run_cli("run", str(config), "--data-dir", str(slice_root), "--workdir", str(smoke_run),
+                     "--datasets", "cranfield")
+    assert result.returncode == 0, result.stderr[-3000:]
+    new = {path.split("/")[0] for path in set(task_outputs(smoke_run)) - set(before)}
+    # The examples, the soft prompt and its example filter are SciFact's, reused; the queries are Cranfield's.
+    assert not new & {"SelectExamples", "TrainSoftPrompt", "ChooseExamples"}
+    assert {"GenerateShard", "FilterQueries", "TrainDense", "TrainSparse"} <= new
+    cranfield_docs = {json.loads(line)["_id"] for line in (slice_root / "cranfield" / "corpus.jsonl").open()}
+    positives = [json.loads((smoke_run / folder / "positives.json").read_text())
+                 for folder in set(task_outputs(smoke_run)) - set(before) if folder.startswith("TrainingQueries/")]
+    (generated,) = positives
+    assert generated and {doc for docs in generated.values() for doc in docs} <= cranfield_docs
+    # The rerank study keeps the splits Cranfield has: test, not train.
+    studies = [json.loads(path.read_text()) for path in (smoke_run / "RerankStudy").glob("*/rerank.json")]
+    assert [study["split"] for study in studies if study["dataset"] == "cranfield"] == ["test"]
+    payload = json.loads((smoke_run / "report" / "results.json").read_text())
+    rows = {(r["dataset"], r["retriever"]) for r in payload["results"]}
+    assert rows == {("cranfield", name) for name in
+                    ("bm25", "all-MiniLM-L6-v2", "splade-tiny", "dense-student", "sparse-student")}
+    # The ablation skips the variant Cranfield cannot give: there are no judged train queries to train on.
+    cfg = load_config(config, ["cranfield"])
+    assert why_not(cfg, "real-queries", "dense", slice_root) == "cranfield has no judged train split to train on"
+    assert why_not(load_config(config, ["scifact"]), "real-queries", "dense", slice_root) == ""
+    # Put the published links back on the SciFact run the other tests read (everything is cached).
+    assert run_cli("run", str(SMOKE), "--data-dir", str(slice_root), "--workdir", str(smoke_run)).returncode == 0
+    assert {r["dataset"] for r in json.loads((smoke_run / "report" / "results.json").read_text())["results"]} \
+        == {"scifact"}
 
 
 def test_sigkill_during_training_resumes_from_the_last_checkpoint(tmp_path: Path, slice_root: Path) -> None:

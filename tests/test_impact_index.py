@@ -35,6 +35,10 @@ def test_impact_index_matches_exact_scores(slice_root: Path, tmp_path: Path) -> 
     matrix = encode_sparse_documents(model_dir, texts, 16, 128)
     idf = corpus_idf(tokenizer, texts)
     assert idf[tokenizer.convert_tokens_to_ids("the")] < idf[tokenizer.convert_tokens_to_ids("lymphocyte")]
+    # An empty document (Cranfield has one) counts in N and adds no term.
+    with_empty = corpus_idf(tokenizer, [*texts, ""])
+    assert np.all(with_empty >= idf) and with_empty[tokenizer.convert_tokens_to_ids("the")] > idf[
+        tokenizer.convert_tokens_to_ids("the")]
 
     (tmp_path / "collection").mkdir()
     write_vector_collection(doc_ids, matrix, tokenizer, tmp_path / "collection" / "docs.jsonl")

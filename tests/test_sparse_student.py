@@ -328,6 +328,52 @@ def test_minilm_gets_an_mlm_head_tied_to_its_word_embeddings(minilm_dir: Path, s
         masked_lm_folder(smollm2_dir, "tied", tmp_path / "llama")
 
 
+def test_masked_lm_warm_up_teaches_the_tied_head_the_corpus(minilm_dir: Path, slice_root: Path,
+                                                            tmp_path: Path) -> None:
+    """The new head predicts nothing; BERT's objective on the corpus's own documents lowers its loss."""
+    from eval.beir_data import load_beir
+    from retrievers.dense import document_text
+    from retrievers.mlm_warmup import warm_up_mlm
+    from retrievers.sparse_student import masked_lm_folder
+
+    corpus = load_beir(slice_root / "scifact", "test").corpus
+    texts = [document_text(doc) for doc in corpus.values()][:96]
+    folder = masked_lm_folder(minilm_dir, "tied", tmp_path / "mlm")
+    before = (folder / "model.safetensors").read_bytes()
+    stats = warm_up_mlm(folder, texts, 24, batch_size=8, max_length=64, learning_rate=5e-4)
+    assert stats["steps"] == 24 and stats["documents"] == 96
+    assert stats["loss_last"] < stats["loss_first"] - 1.0, stats
+    assert (folder / "model.safetensors").read_bytes() != before  # saved back in place
+    with pytest.raises(ValueError, match="no non-empty documents"):
+        warm_up_mlm(folder, ["", "  "], 1)
+
+
+def test_a_minilm_sparse_student_warms_up_its_tied_head_through_the_dag(smoke_run: Path, slice_root: Path,
+                                                                       tmp_path: Path) -> None:
+    def fetched_files() -> dict[str, tuple[int, int]]:
+        return {str(p): (p.stat().st_size, p.stat().st_mtime_ns)
+                for p in (smoke_run / "FetchModel").glob("*/model/**/*") if p.is_file()}
+
+    before, fetched = task_outputs(smoke_run), fetched_files()
+    config = sparse_config(tmp_path, 'base_model = "base"\nmlm_head = "tied"\nmlm_warmup_steps = 3')
+    result = run_cli("run", str(config), "--data-dir", str(slice_root), "--workdir", str(smoke_run))
+    assert result.returncode == 0, result.stderr[-3000:]
+    new = {path.split("/")[0] for path in set(task_outputs(smoke_run)) - set(before)}
+    assert new == {"TrainSparse", "ImpactIndex", "ImpactSearch", "Evaluate", "Report"}
+    (record,) = [r for r in (json.loads(p.read_text()) for p in (smoke_run / "TrainSparse").glob("*/training.json"))
+                 if r.get("mlm_warmup")]
+    assert record["mlm_warmup"]["steps"] == 3 and record["mlm_warmup"]["documents"] > 0
+    assert fetched_files() == fetched  # the warm-up trained a copy, never the fetched MiniLM
+    assert not list((smoke_run / "TrainSparse").glob("*.checkpoints"))
+    # At 0 (the default) the setting leaves every cached student as it was.
+    (tmp_path / "zero").mkdir()
+    status = run_cli("status", str(sparse_config(tmp_path / "zero", "mlm_warmup_steps = 0")), "--data-dir",
+                     str(slice_root), "--workdir", str(smoke_run))
+    assert status.returncode == 0 and "TrainSparse" in status.stdout and "pending" not in status.stdout, status.stdout
+    # Put the published links back on the smoke config's run (cached) for the tests that read them.
+    assert run_cli("run", str(SMOKE), "--data-dir", str(slice_root), "--workdir", str(smoke_run)).returncode == 0
+
+
 def test_eval_split_scores_the_trained_students_on_train_without_retraining(smoke_run: Path,
                                                                            slice_root: Path) -> None:
     before = task_outputs(smoke_run)

@@ -89,8 +89,8 @@ class AblationReport(Report):
         table = markdown_table(rows, list(self.metrics))
         notes = "".join(f"- `{variant}` not run: {why}\n" for variant, why in self.skipped.items())
         (folder / "ablation.md").write_text(
-            "# stillhouse ablation\n\nThe dense student with one component off at a time (`full` has every "
-            "component on), beside BM25 and the base model.\n\n" + table + ("\n" + notes if notes else ""))
+            "# stillhouse ablation\n\nThe student with one component off at a time (`full` has every component "
+            "on), beside the configured retrievers.\n\n" + table + ("\n" + notes if notes else ""))
         (folder / "ablation.json").write_text(json.dumps(
             {"metrics": list(self.metrics), "results": [vars(r) for r in rows], "skipped": dict(self.skipped)},
             indent=2))

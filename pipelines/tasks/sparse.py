@@ -54,6 +54,9 @@ class TrainSparse(TrainTask):
 
     def fingerprint_payload(self) -> dict:
         student = {k: v for k, v in dict(self.student).items() if k != "encode_batch_size"}
+        if not student.get("mlm_warmup_steps"):  # added later: off, it leaves existing fingerprints as they were
+            student.pop("mlm_warmup_steps", None)
+            student.pop("mlm_warmup_learning_rate", None)
         if student["idf"] != "corpus":  # a file: its content, not its path
             from pipelines.fingerprint import file_digest
 
@@ -85,6 +88,9 @@ class TrainSparse(TrainTask):
         corpus = self.corpus_task().load().corpus
         doc_dir = masked_lm_folder(self.base_task().model_dir(), s["mlm_head"], folder / "mlm-base", s["base_model"],
                                    seed=s["seed"])
+        warmup = None
+        if s.get("mlm_warmup_steps"):
+            doc_dir, warmup = self._warm_up(doc_dir, corpus, folder)
         tokenizer = AutoTokenizer.from_pretrained(doc_dir)
         if s["idf"] == "corpus":
             idf = corpus_idf(tokenizer, (document_text(doc) for doc in corpus.values()))
@@ -101,7 +107,30 @@ class TrainSparse(TrainTask):
         # The query table the model searches with (ones for the plain-FLOPS ablation), for exports and serving.
         write_idf_json(tokenizer, query_weights(idf, s["regularizer"]), folder / "idf.json")
         shutil.rmtree(folder / "mlm-base", ignore_errors=True)
-        (folder / "training.json").write_text(json.dumps(stats, indent=2))
+        (folder / "training.json").write_text(json.dumps({**stats, "mlm_warmup": warmup}, indent=2))
+
+    def _warm_up(self, doc_dir: Path, corpus: dict, folder: Path) -> tuple[Path, dict | None]:
+        """Masked-LM steps on the corpus (``retrievers.mlm_warmup``) into a copy of the starting checkpoint (the
+        folder returned); skipped when distillation resumes from a checkpoint, which holds the warmed-up weights
+        already."""
+        from retrievers.dense import document_text
+        from retrievers.distill_dense import last_complete_checkpoint
+        from retrievers.mlm_warmup import warm_up_mlm
+
+        record = self.checkpoint_dir() / "mlm_warmup.json"
+        if last_complete_checkpoint(self.checkpoint_dir()) and record.is_file():
+            log.info("sparse student: resuming distillation; the masked-LM warm-up is in its checkpoint")
+            return doc_dir, json.loads(record.read_text())
+        target = folder / "mlm-base"
+        if doc_dir != target:  # the fetched model itself: never train it in place
+            shutil.copytree(doc_dir, target, dirs_exist_ok=True)
+        s = dict(self.student)
+        stats = warm_up_mlm(target, [document_text(doc) for doc in corpus.values()], s["mlm_warmup_steps"],
+                            max_length=s["train_max_seq_length"] or s["max_seq_length"],
+                            learning_rate=s["mlm_warmup_learning_rate"], seed=s["seed"])
+        self.checkpoint_dir().mkdir(parents=True, exist_ok=True)
+        record.write_text(json.dumps(stats))
+        return target, stats
 
     def model_dir(self) -> Path:
         return self.out_dir / "model"
