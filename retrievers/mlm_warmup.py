@@ -7,8 +7,10 @@ untrained transform layer and predicts nothing. Distilled straight away (SciFact
 document into punctuation and stop words and retrieved nothing (NDCG@10 0.000, ``docs/sparse-student.md``).
 
 This runs BERT's pre-training objective (Devlin et al., 2019, §3.1: 15% of the tokens chosen, of those 80%
-masked, 10% random, 10% kept; cross-entropy on the chosen ones) for a few hundred steps over the corpus's own
-documents, through transformers' ``Trainer`` and ``DataCollatorForLanguageModeling``. No labels are used.
+masked, 10% random, 10% kept; cross-entropy on the chosen ones) over the corpus's own documents, through
+transformers' ``Trainer`` and ``DataCollatorForLanguageModeling``. No labels are used. A few hundred steps are
+not a pre-training: on SciFact 200 steps took the loss from 8.91 to 6.13 only (the head learns which tokens are
+frequent, not the context), and the student still retrieved nothing (NDCG@10 0.001).
 """
 
 from __future__ import annotations
