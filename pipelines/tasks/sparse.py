@@ -19,9 +19,10 @@ from pathlib import Path
 import luigi
 
 from pipelines.tasks.base import StageTask
-from pipelines.tasks.data import FetchModel, corpus_only_fingerprint
+from pipelines.tasks.data import FetchModel
 from pipelines.tasks.retrieval import CorpusTask
-from pipelines.tasks.training_data import TAS_KEYS, TASTriples, TrainTask, narrow, read_table
+from pipelines.tasks.students import StudentTask
+from pipelines.tasks.training_data import TAS_KEYS, narrow, read_table
 from retrievers.errors import UserError
 from retrievers.runs import write_trec_run
 
@@ -30,27 +31,15 @@ log = logging.getLogger("stillhouse")
 SPARSE_KEYS = TAS_KEYS
 
 
-class TrainSparse(TrainTask):
+class TrainSparse(StudentTask):
     """The inference-free sparse student: ``model/`` (a SparseEncoder folder, query and document routes),
     ``idf.json`` (its query weight table) and ``training.json``."""
-
-    reads = SPARSE_KEYS
-    student = luigi.DictParameter(description="[sparse_student] with model roles resolved to sources")
 
     def label(self) -> str:
         return f"TrainSparse({self.student['regularizer']}, {self.student['loss']})"
 
-    def triples_task(self) -> TASTriples:
-        return self.make(TASTriples)
-
-    def base_task(self) -> FetchModel:
-        return FetchModel(workdir=self.workdir, source=self.student["base_model"])
-
     def requires(self):
         return [self.triples_task(), self.corpus_task(), self.base_task()]
-
-    def upstream_fingerprint(self, task: StageTask) -> str:
-        return corpus_only_fingerprint(task)
 
     def fingerprint_payload(self) -> dict:
         student = {k: v for k, v in dict(self.student).items() if k != "encode_batch_size"}
@@ -65,9 +54,6 @@ class TrainSparse(TrainTask):
                                 "\"corpus\"")
             student["idf"] = file_digest(Path(student["idf"]))
         return {"student": student, "weights": dict(self.training["weights"])}
-
-    def checkpoint_dir(self) -> Path:
-        return self.out_dir.with_name(self.out_dir.name + ".checkpoints")
 
     def build(self, folder: Path) -> None:
         from transformers import AutoTokenizer
@@ -131,9 +117,6 @@ class TrainSparse(TrainTask):
         self.checkpoint_dir().mkdir(parents=True, exist_ok=True)
         record.write_text(json.dumps(stats))
         return target, stats
-
-    def model_dir(self) -> Path:
-        return self.out_dir / "model"
 
 
 def sparse_student_task(workdir: str, trained: dict) -> TrainSparse:

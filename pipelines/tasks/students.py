@@ -23,24 +23,37 @@ log = logging.getLogger("stillhouse")
 STUDENT_KEYS = TAS_KEYS
 
 
-class TrainDense(TrainTask):
-    """The dense student (``model/``, a plain sentence-transformers folder) and ``training.json``.
+class StudentTask(TrainTask):
+    """Base of the students' training tasks: the TAS-Balanced triples and a base model in, ``model/`` out.
 
     Checkpoints live beside the output folder (``<fingerprint>.checkpoints``) while training runs, so a
     killed run resumes from the last one; they are removed once the model is in place.
     """
 
     reads = STUDENT_KEYS
-    student = luigi.DictParameter(description="[dense_student] with model roles resolved to sources")
-
-    def label(self) -> str:
-        return f"TrainDense({self.student['sampler']}, {self.student['in_batch_loss']})"
+    student = luigi.DictParameter(description="the student's config section with model roles resolved to sources")
 
     def triples_task(self) -> TASTriples:
         return self.make(TASTriples)
 
     def base_task(self) -> FetchModel:
         return FetchModel(workdir=self.workdir, source=self.student["base_model"])
+
+    def upstream_fingerprint(self, task: StageTask) -> str:
+        return corpus_only_fingerprint(task)
+
+    def checkpoint_dir(self) -> Path:
+        return self.out_dir.with_name(self.out_dir.name + ".checkpoints")
+
+    def model_dir(self) -> Path:
+        return self.out_dir / "model"
+
+
+class TrainDense(StudentTask):
+    """The dense student (``model/``, a plain sentence-transformers folder) and ``training.json``."""
+
+    def label(self) -> str:
+        return f"TrainDense({self.student['sampler']}, {self.student['in_batch_loss']})"
 
     def guide_task(self) -> FetchModel | None:
         if self.student["in_batch_loss"] != "gist" or self.student["in_batch_weight"] == 0:
@@ -51,17 +64,11 @@ class TrainDense(TrainTask):
         guide = self.guide_task()
         return [self.triples_task(), self.corpus_task(), self.base_task(), *([guide] if guide else [])]
 
-    def upstream_fingerprint(self, task: StageTask) -> str:
-        return corpus_only_fingerprint(task)
-
     def fingerprint_payload(self) -> dict:
         # The triples' inputs enter through TASTriples upstream; what is read here is the student's settings
         # and the ensemble weights that scale the margins.
         student = {k: v for k, v in dict(self.student).items() if k not in ("encode_batch_size", "shards")}
         return {"student": student, "weights": dict(self.training["weights"])}
-
-    def checkpoint_dir(self) -> Path:
-        return self.out_dir.with_name(self.out_dir.name + ".checkpoints")
 
     def build(self, folder: Path) -> None:
         from retrievers.distill_dense import student_settings, student_triples, train_dense_student
@@ -78,9 +85,6 @@ class TrainDense(TrainTask):
                                     folder / "model", self.checkpoint_dir(), settings)
         stats["margins"] = {"mean": float(np.mean(triples["margin"])), "std": float(np.std(triples["margin"]))}
         (folder / "training.json").write_text(json.dumps(stats, indent=2))
-
-    def model_dir(self) -> Path:
-        return self.out_dir / "model"
 
 
 def dense_student_task(workdir: str, trained: dict) -> TrainDense:
