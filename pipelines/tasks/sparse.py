@@ -72,14 +72,15 @@ class TrainSparse(StudentTask):
 
         s = dict(self.student)
         corpus = self.corpus_task().load().corpus
+        texts = [document_text(doc) for doc in corpus.values()]
         doc_dir = masked_lm_folder(self.base_task().model_dir(), s["mlm_head"], folder / "mlm-base", s["base_model"],
                                    seed=s["seed"])
         warmup = None
         if s.get("mlm_warmup_steps"):
-            doc_dir, warmup = self._warm_up(doc_dir, corpus, folder)
+            doc_dir, warmup = self._warm_up(doc_dir, texts, folder)
         tokenizer = AutoTokenizer.from_pretrained(doc_dir)
         if s["idf"] == "corpus":
-            idf = corpus_idf(tokenizer, (document_text(doc) for doc in corpus.values()))
+            idf = corpus_idf(tokenizer, texts)
         else:
             idf = read_idf_json(Path(s["idf"]), tokenizer)
         table = read_table(self.triples_task().out_dir / "triples.parquet")
@@ -95,11 +96,10 @@ class TrainSparse(StudentTask):
         shutil.rmtree(folder / "mlm-base", ignore_errors=True)
         (folder / "training.json").write_text(json.dumps({**stats, "mlm_warmup": warmup}, indent=2))
 
-    def _warm_up(self, doc_dir: Path, corpus: dict, folder: Path) -> tuple[Path, dict | None]:
+    def _warm_up(self, doc_dir: Path, texts: list[str], folder: Path) -> tuple[Path, dict | None]:
         """Masked-LM steps on the corpus (``retrievers.mlm_warmup``) into a copy of the starting checkpoint (the
         folder returned); skipped when distillation resumes from a checkpoint, which holds the warmed-up weights
         already."""
-        from retrievers.dense import document_text
         from retrievers.distill_dense import last_complete_checkpoint
         from retrievers.mlm_warmup import warm_up_mlm
 
@@ -111,7 +111,7 @@ class TrainSparse(StudentTask):
         if doc_dir != target:  # the fetched model itself: never train it in place
             shutil.copytree(doc_dir, target, dirs_exist_ok=True)
         s = dict(self.student)
-        stats = warm_up_mlm(target, [document_text(doc) for doc in corpus.values()], s["mlm_warmup_steps"],
+        stats = warm_up_mlm(target, texts, s["mlm_warmup_steps"],
                             max_length=s["train_max_seq_length"] or s["max_seq_length"],
                             learning_rate=s["mlm_warmup_learning_rate"], seed=s["seed"])
         self.checkpoint_dir().mkdir(parents=True, exist_ok=True)
@@ -154,6 +154,11 @@ class SparseTask(CorpusTask):
 
         return load_sparse_encoder(self.fetch_task().model_dir(), self.max_seq_length)
 
+    @staticmethod
+    def vocabulary(model) -> list[str]:
+        """The model's tokens by id: the term names of its sparse vectors."""
+        return model.tokenizer.convert_ids_to_tokens(list(range(len(model.tokenizer))))
+
     def sparse_kwargs(self) -> dict:
         return {"dataset": self.dataset, "model": self.model, "trained": self.trained,
                 "batch_size": self.batch_size, "max_seq_length": self.max_seq_length}
@@ -176,16 +181,16 @@ class ImpactIndex(SparseTask):
         corpus = self.dataset_task().load().corpus
         doc_ids = list(corpus)
         model = self.load_model()
-        vocab = model.tokenizer.convert_ids_to_tokens(list(range(len(model.tokenizer))))
+        vocab = self.vocabulary(model)
         collection = folder / "collection"
         collection.mkdir()
         started = time.perf_counter()
         nonzero = 0
         with open(collection / "vectors.jsonl", "w", encoding="utf-8") as out, \
                 tqdm(total=len(doc_ids), desc="impact vectors", unit="doc") as bar:
-            texts = (document_text(corpus[d]) for d in doc_ids)
+            texts = [document_text(corpus[d]) for d in doc_ids]
             for start, matrix in zip(range(0, len(doc_ids), self.batch_size),
-                                     encode_batched(model, list(texts), self.batch_size), strict=True):
+                                     encode_batched(model, texts, self.batch_size), strict=True):
                 batch_ids = doc_ids[start:start + self.batch_size]
                 nonzero += append_vector_collection(out, batch_ids, csr_row_vectors(matrix, vocab))
                 bar.update(len(batch_ids))
@@ -223,7 +228,7 @@ class ImpactSearch(SparseTask):
         queries = self.dataset_task().load().queries
         query_ids = list(queries)
         model = self.load_model()
-        vocab = model.tokenizer.convert_ids_to_tokens(list(range(len(model.tokenizer))))
+        vocab = self.vocabulary(model)
         started = time.perf_counter()
         vectors = [v for matrix in encode_batched(model, [queries[q] for q in query_ids], 256, route="query")
                    for v in csr_row_vectors(matrix, vocab)]
