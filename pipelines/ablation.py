@@ -13,6 +13,7 @@ from pathlib import Path
 from pipelines.config import RunConfig
 from retrievers.errors import UserError
 
+STUDENT_SECTIONS = ("dense_student", "sparse_student")
 TIED_HEAD_WARMUP_STEPS = 200  # 16 documents a step: about 3,200 documents, most of SciFact once
 
 
@@ -30,16 +31,30 @@ def _no_guide(cfg: RunConfig) -> RunConfig:
 
 
 def _random_batches(cfg: RunConfig) -> RunConfig:
-    for section in ("dense_student", "sparse_student"):
+    for section in STUDENT_SECTIONS:
         if getattr(cfg, section) is not None:
             cfg = _set(cfg, section, sampler="random")
     return cfg
 
 
 def _single_teacher(cfg: RunConfig) -> RunConfig:
+    """The guide teacher alone, for the shared ensemble and for a student with its own teacher_weights."""
     training = cfg.training
     assert training is not None
-    return _set(cfg, "training", weights={name: float(name == training.guide) for name in training.teachers})
+    alone = {name: float(name == training.guide) for name in training.teachers}
+    for section in STUDENT_SECTIONS:
+        student = getattr(cfg, section)
+        if student is not None and student.teacher_weights:
+            cfg = _set(cfg, section, teacher_weights=alone)
+    return _set(cfg, "training", weights=alone)
+
+
+def _ensemble(cfg: RunConfig) -> RunConfig:
+    """The [training] ensemble instead of a student's own teacher_weights."""
+    for section in STUDENT_SECTIONS:
+        if getattr(cfg, section) is not None:
+            cfg = _set(cfg, section, teacher_weights={})
+    return cfg
 
 
 def _hard_prompt(cfg: RunConfig) -> RunConfig:
@@ -76,6 +91,7 @@ VARIANTS: dict[str, Callable[[RunConfig], RunConfig]] = {
     "no-guide-filter": _no_guide,
     "random-batches": _random_batches,
     "single-teacher": _single_teacher,
+    "ensemble": _ensemble,
     "hard-prompt": _hard_prompt,
     "real-queries": _real_queries,
     "plain-flops": _plain_flops,
@@ -103,8 +119,13 @@ def why_not(cfg: RunConfig, variant: str, student: str = "dense", data_dir: Path
         return "the config trains on judged queries, not generated ones"
     if variant == "hard-prompt" and training.prompt == "promptagator":
         return "the config already trains on the hard prompt's queries"
-    if variant == "single-teacher" and len(training.teachers) == 1:
-        return "the config has one teacher"
+    section = f"{student}_student"
+    own_weights = getattr(cfg, section) is not None and getattr(cfg, section).teacher_weights
+    if variant == "single-teacher" and (len(training.teachers) == 1 or (
+            own_weights and sum(w > 0 for w in cfg.student_teacher_weights(section).values()) == 1)):
+        return f"the {student} student already distils one teacher"
+    if variant == "ensemble" and not own_weights:
+        return f"the {student} student already distils the [training] ensemble (it has no teacher_weights)"
     return ""
 
 

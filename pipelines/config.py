@@ -231,6 +231,9 @@ class DenseStudentConfig(_Strict):
                                                            "(0 = all)")
     margin_scale: float = Field(1.0, gt=0, description="teacher margins are the ensemble's weighted mean "
                                                        "(in [-1, 1]) times this")
+    teacher_weights: dict[str, float] = Field(
+        default_factory=dict, description="this student's ensemble: a weight for every teacher of "
+                                          "[training.teachers] (default: [training] weights)")
     margin_mse_weight: float = Field(1.0, ge=0)
     in_batch_loss: Literal["gist", "mnrl"] = Field(
         "gist", description="gist: GISTEmbed (guide-masked in-batch negatives); mnrl: plain in-batch InfoNCE")
@@ -268,6 +271,9 @@ class SparseStudentConfig(_Strict):
     margin_scale: float = Field(0.0, ge=0, description="teacher margins are the ensemble's weighted mean "
                                                        "(in [-1, 1]) times this; 0: fitted to the untrained "
                                                        "student's margins (their spread)")
+    teacher_weights: dict[str, float] = Field(
+        default_factory=dict, description="this student's ensemble: a weight for every teacher of "
+                                          "[training.teachers] (default: [training] weights)")
     epochs: int = Field(1, ge=1)
     batch_size: int = Field(32, ge=2)
     learning_rate: float = Field(5e-5, gt=0)
@@ -332,6 +338,9 @@ class RunConfig(_Strict):
             if self.training is None:
                 raise ValueError("sparse_student needs a [training] section (its triples and teachers)")
             self.model_source(self.sparse_student.base_model, where="sparse_student.base_model")
+        for section in ("dense_student", "sparse_student"):
+            if getattr(self, section) is not None:
+                self.student_teacher_weights(section)
         return self
 
     def _check_training(self, training: TrainingConfig) -> None:
@@ -353,6 +362,23 @@ class RunConfig(_Strict):
             if self.generation.targets == "held-out" and examples != corpus:
                 raise ValueError(f"generation.targets = \"held-out\" generates for {examples}'s documents, but the "
                                  f"students train on {corpus}'s corpus: use targets = \"corpus\"")
+
+    def student_teacher_weights(self, section: str) -> dict[str, float]:
+        """The ensemble a student distils: its own ``teacher_weights`` (every teacher named: a student may
+        drop one at 0), else ``[training]`` weights. Raises ValueError naming the key when they do not fit."""
+        student, training = getattr(self, section), self.training
+        assert student is not None and training is not None
+        if not student.teacher_weights:
+            return training.teacher_weights()
+        named, teachers = set(student.teacher_weights), set(training.teachers)
+        if named != teachers:
+            odd = sorted(named - teachers) or sorted(teachers - named)
+            verb = "is not a teacher in [training.teachers]" if named - teachers else "has no weight"
+            raise ValueError(f"{section}.teacher_weights: {odd[0]!r} {verb}; give a weight for each of "
+                             f"{', '.join(training.teachers)}")
+        if any(w < 0 for w in student.teacher_weights.values()) or sum(student.teacher_weights.values()) <= 0:
+            raise ValueError(f"{section}.teacher_weights: weights must be non-negative and not all zero")
+        return {name: float(student.teacher_weights[name]) for name in training.teachers}
 
     def training_dataset(self) -> str:
         """The corpus the students train on: ``training.dataset``, else the generated queries' data set, else the

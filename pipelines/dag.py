@@ -53,18 +53,24 @@ def build_report_task(cfg: RunConfig, workdir: Path, data_dir: Path, eval_split:
     return Report(workdir=str(workdir), entries=entries, metrics=list(cfg.eval.metrics))
 
 
+def student_training(cfg: RunConfig, settings: dict, keys: tuple[str, ...], section: str) -> dict:
+    """The training settings a student's tasks read, with its own ensemble weights: a student with
+    ``teacher_weights`` gets its own EnsembleScores and TASTriples; everything before them is shared."""
+    return {**{k: settings[k] for k in keys}, "weights": cfg.student_teacher_weights(section)}
+
+
 def dense_student_retriever(cfg: RunConfig, settings: dict) -> dict:
     """The dense student as a dense retriever spec: its model comes from TrainDense (``trained``)."""
     from pipelines.tasks.students import STUDENT_KEYS
 
     student = cfg.dense_student
     assert student is not None and cfg.training is not None
-    spec = student.model_dump()
+    spec = student.model_dump(exclude={"teacher_weights"})  # they reach TrainDense as its training weights
     spec["base_model"] = cfg.model_source(student.base_model, where="dense_student.base_model")
     spec["guide"] = cfg.model_source(student.guide, where="dense_student.guide") if student.guide \
         else settings["guide_teacher"]["model"]
     return {"kind": "dense", "model": DENSE_STUDENT,
-            "trained": {"training": {k: settings[k] for k in STUDENT_KEYS}, "student": spec},
+            "trained": {"training": student_training(cfg, settings, STUDENT_KEYS, "dense_student"), "student": spec},
             "batch_size": student.encode_batch_size, "shards": student.shards,
             "max_seq_length": 0, "top_k": 100}  # the student's own window (the base model's)
 
@@ -75,10 +81,10 @@ def sparse_student_retriever(cfg: RunConfig, settings: dict) -> dict:
 
     student = cfg.sparse_student
     assert student is not None
-    spec = student.model_dump()
+    spec = student.model_dump(exclude={"teacher_weights"})  # they reach TrainSparse as its training weights
     spec["base_model"] = cfg.model_source(student.base_model, where="sparse_student.base_model")
     return {"kind": "splade", "model": SPARSE_STUDENT,
-            "trained": {"training": {k: settings[k] for k in SPARSE_KEYS}, "student": spec},
+            "trained": {"training": student_training(cfg, settings, SPARSE_KEYS, "sparse_student"), "student": spec},
             "batch_size": student.encode_batch_size, "max_seq_length": student.max_seq_length, "top_k": 100}
 
 

@@ -133,3 +133,51 @@ def test_datasets_subset_is_validated_as_the_file(tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"held-out\" generates for scifact's documents, but the students train on "
                                         r"cranfield's corpus: use targets = \"corpus\""):
         load_config(_config(tmp_path, held_out), ["cranfield"])
+
+
+def test_a_student_can_distil_its_own_teacher_weights(tmp_path: Path) -> None:
+    """``teacher_weights`` gives one student its own ensemble: it gets its own EnsembleScores and TASTriples, shares
+    every task before them, and is the same task as the single-teacher ablation's student when it keeps the guide
+    alone; the other student and every fingerprint of a config without it stay as they were."""
+    from pipelines.ablation import VARIANTS, why_not
+    from pipelines.dag import build_report_task, walk
+    from pipelines.tasks.sparse import TrainSparse
+    from pipelines.tasks.students import TrainDense
+    from pipelines.tasks.training_data import EnsembleScores, GuideFilter, TASTriples
+
+    config = REPO / "configs" / "scifact.toml"
+    shipped = config.read_text()
+    own = shipped.replace("[sparse_student]\n",
+                          "[sparse_student]\nteacher_weights = { mpnet = 1.0, splade = 0.0, bm25 = 0.0 }\n")
+    assert own != shipped
+
+    def tasks(cfg) -> dict[type, list[str]]:
+        found: dict[type, list[str]] = {}
+        for task in walk(build_report_task(cfg, tmp_path, tmp_path)):
+            found.setdefault(type(task), []).append(task.task_id)
+        return found
+
+    plain_cfg, own_cfg = load_config(config), load_config(_config(tmp_path, own))
+    plain, with_own = tasks(plain_cfg), tasks(own_cfg)
+    assert len(plain[EnsembleScores]) == len(plain[TASTriples]) == 1  # one ensemble for both students
+    assert len(with_own[EnsembleScores]) == len(with_own[TASTriples]) == 2
+    assert with_own[GuideFilter] == plain[GuideFilter]  # mining, filtering and teacher scores are shared
+    assert with_own[TrainDense] == plain[TrainDense]
+    assert with_own[TrainSparse] != plain[TrainSparse]
+    single = tasks(VARIANTS["single-teacher"](plain_cfg))
+    assert with_own[TrainSparse] == single[TrainSparse]  # the ablation's cached student is this one
+
+    assert why_not(own_cfg, "single-teacher", "sparse") == "the sparse student already distils one teacher"
+    assert why_not(own_cfg, "single-teacher", "dense") == ""
+    assert why_not(own_cfg, "ensemble", "sparse") == ""
+    assert tasks(VARIANTS["ensemble"](own_cfg))[TrainSparse] == plain[TrainSparse]
+    assert "no teacher_weights" in why_not(plain_cfg, "ensemble", "dense")
+
+    for weights, message in [("{ mpnet = 1.0, splade = 0.0 }", "'bm25' has no weight"),
+                             ("{ mpnet = 1.0, splade = 0.0, bm25 = 0.0, colbert = 1.0 }",
+                              "'colbert' is not a teacher in \\[training.teachers\\]"),
+                             ("{ mpnet = 0.0, splade = 0.0, bm25 = 0.0 }",
+                              "weights must be non-negative and not all zero")]:
+        bad = shipped.replace("[sparse_student]\n", f"[sparse_student]\nteacher_weights = {weights}\n")
+        with pytest.raises(UserError, match=rf"bad\.toml: config: sparse_student\.teacher_weights: {message}"):
+            load_config(_config(tmp_path, bad))
