@@ -120,13 +120,26 @@ def why_not(cfg: RunConfig, variant: str, student: str = "dense", data_dir: Path
     if variant == "hard-prompt" and training.prompt == "promptagator":
         return "the config already trains on the hard prompt's queries"
     section = f"{student}_student"
-    own_weights = getattr(cfg, section) is not None and getattr(cfg, section).teacher_weights
-    if variant == "single-teacher" and (len(training.teachers) == 1 or (
-            own_weights and sum(w > 0 for w in cfg.student_teacher_weights(section).values()) == 1)):
-        return f"the {student} student already distils one teacher"
-    if variant == "ensemble" and not own_weights:
-        return f"the {student} student already distils the [training] ensemble (it has no teacher_weights)"
+    own_weights = getattr(cfg, section) is not None and bool(getattr(cfg, section).teacher_weights)
+    distilled = cfg.student_teacher_weights(section) if own_weights else training.teacher_weights()
+    if variant == "single-teacher":
+        if len(training.teachers) == 1:
+            return "the config has one teacher"
+        if {name for name, weight in distilled.items() if weight > 0} == {training.guide}:
+            return f"the {student} student already distils the guide teacher ({training.guide}) alone"
+    if variant == "ensemble":
+        if not own_weights:
+            return f"the {student} student already distils the [training] ensemble (it has no teacher_weights)"
+        if distilled == training.teacher_weights():
+            return f"the {student} student's teacher_weights are the [training] ensemble's"
     return ""
+
+
+def default_variants(cfg: RunConfig) -> list[str]:
+    """Every variant, ``ensemble`` only where a student has its own ``teacher_weights`` (else it is ``full``)."""
+    own = any(getattr(cfg, section) is not None and getattr(cfg, section).teacher_weights
+              for section in STUDENT_SECTIONS)
+    return [variant for variant in VARIANTS if variant != "ensemble" or own]
 
 
 def ablation_rows(cfg: RunConfig, workdir: Path, data_dir: Path, variants: list[str], student: str = "dense",

@@ -79,8 +79,9 @@ def _parser() -> argparse.ArgumentParser:
         if name == "ablate":
             from pipelines.ablation import VARIANTS
 
-            cmd.add_argument("--variants", default=",".join(VARIANTS),
-                             help=f"comma-separated subset of {', '.join(VARIANTS)} (default: all)")
+            cmd.add_argument("--variants", default="",
+                             help=f"comma-separated subset of {', '.join(VARIANTS)} (default: all; ensemble only "
+                                  "for a student with its own teacher_weights)")
             cmd.add_argument("--student", choices=("dense", "sparse"), default="dense",
                              help="which student the variants train (default: dense)")
         if name == "export":
@@ -158,12 +159,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
-    from pipelines.ablation import ablation_rows
+    from pipelines.ablation import ablation_rows, default_variants
     from pipelines.tasks.report import AblationReport
 
     cfg, workdir, roots = _prepare(args)
     data_dir = Path(roots[0].entries[0]["dataset"]["data_dir"])
-    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()] or default_variants(cfg)
     rows, skipped = ablation_rows(cfg, workdir, data_dir, variants, student=args.student,
                                   eval_split=args.eval_split)
     return _build(args, cfg, workdir, [AblationReport(workdir=str(workdir), entries=rows,

@@ -6,6 +6,7 @@ Example: ``configs/scifact.toml``. Models are named by role in ``[models]`` with
 
 from __future__ import annotations
 
+import math
 import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
@@ -197,8 +198,8 @@ class TrainingConfig(_Strict):
         for name in weights:
             if name not in teachers:
                 raise ValueError(f"{name!r} is not a teacher in [training.teachers] ({', '.join(teachers)})")
-        if any(w < 0 for w in weights.values()) or (weights and sum(weights.values()) <= 0):
-            raise ValueError("weights must be non-negative and not all zero")
+        if any(not math.isfinite(w) or w < 0 for w in weights.values()) or (weights and sum(weights.values()) <= 0):
+            raise ValueError("weights must be finite, non-negative and not all zero")
         return weights
 
     @model_validator(mode="after")
@@ -370,14 +371,16 @@ class RunConfig(_Strict):
         assert student is not None and training is not None
         if not student.teacher_weights:
             return training.teacher_weights()
-        named, teachers = set(student.teacher_weights), set(training.teachers)
-        if named != teachers:
-            odd = sorted(named - teachers) or sorted(teachers - named)
-            verb = "is not a teacher in [training.teachers]" if named - teachers else "has no weight"
+        unknown = [name for name in student.teacher_weights if name not in training.teachers]
+        missing = [name for name in training.teachers if name not in student.teacher_weights]
+        if unknown or missing:
+            odd = unknown or missing
+            verb = "is not a teacher in [training.teachers]" if unknown else "has no weight"
             raise ValueError(f"{section}.teacher_weights: {odd[0]!r} {verb}; give a weight for each of "
                              f"{', '.join(training.teachers)}")
-        if any(w < 0 for w in student.teacher_weights.values()) or sum(student.teacher_weights.values()) <= 0:
-            raise ValueError(f"{section}.teacher_weights: weights must be non-negative and not all zero")
+        weights = student.teacher_weights.values()
+        if any(not math.isfinite(w) or w < 0 for w in weights) or sum(weights) <= 0:
+            raise ValueError(f"{section}.teacher_weights: weights must be finite, non-negative and not all zero")
         return {name: float(student.teacher_weights[name]) for name in training.teachers}
 
     def training_dataset(self) -> str:

@@ -139,7 +139,7 @@ def test_a_student_can_distil_its_own_teacher_weights(tmp_path: Path) -> None:
     """``teacher_weights`` gives one student its own ensemble: it gets its own EnsembleScores and TASTriples, shares
     every task before them, and is the same task as the single-teacher ablation's student when it keeps the guide
     alone; the other student and every fingerprint of a config without it stay as they were."""
-    from pipelines.ablation import VARIANTS, why_not
+    from pipelines.ablation import VARIANTS, default_variants, why_not
     from pipelines.dag import build_report_task, walk
     from pipelines.tasks.sparse import TrainSparse
     from pipelines.tasks.students import TrainDense
@@ -166,17 +166,28 @@ def test_a_student_can_distil_its_own_teacher_weights(tmp_path: Path) -> None:
     single = tasks(VARIANTS["single-teacher"](plain_cfg))
     assert with_own[TrainSparse] == single[TrainSparse]  # the ablation's cached student is this one
 
-    assert why_not(own_cfg, "single-teacher", "sparse") == "the sparse student already distils one teacher"
+    assert why_not(own_cfg, "single-teacher", "sparse") == \
+        "the sparse student already distils the guide teacher (mpnet) alone"
     assert why_not(own_cfg, "single-teacher", "dense") == ""
     assert why_not(own_cfg, "ensemble", "sparse") == ""
     assert tasks(VARIANTS["ensemble"](own_cfg))[TrainSparse] == plain[TrainSparse]
     assert "no teacher_weights" in why_not(plain_cfg, "ensemble", "dense")
+    assert "ensemble" in default_variants(own_cfg) and "ensemble" not in default_variants(plain_cfg)
+    splade_alone = load_config(_config(tmp_path, shipped.replace(
+        own_line, "teacher_weights = { mpnet = 0.0, splade = 1.0, bm25 = 0.0 }\n")))
+    assert why_not(splade_alone, "single-teacher", "sparse") == ""  # one teacher, but not the guide
+    as_training = load_config(_config(tmp_path, shipped.replace(
+        own_line, "teacher_weights = { mpnet = 1.0, splade = 1.0, bm25 = 1.0 }\n")))
+    assert why_not(as_training, "ensemble", "sparse") == "the sparse student's teacher_weights are the [training] " \
+                                                         "ensemble's"
 
     for weights, message in [("{ mpnet = 1.0, splade = 0.0 }", "'bm25' has no weight"),
                              ("{ mpnet = 1.0, splade = 0.0, bm25 = 0.0, colbert = 1.0 }",
                               "'colbert' is not a teacher in \\[training.teachers\\]"),
                              ("{ mpnet = 0.0, splade = 0.0, bm25 = 0.0 }",
-                              "weights must be non-negative and not all zero")]:
+                              "weights must be finite, non-negative and not all zero"),
+                             ("{ mpnet = nan, splade = 0.0, bm25 = 0.0 }",
+                              "weights must be finite, non-negative and not all zero")]:
         bad = shipped.replace(own_line, f"teacher_weights = {weights}\n")
         with pytest.raises(UserError, match=rf"bad\.toml: config: sparse_student\.teacher_weights: {message}"):
             load_config(_config(tmp_path, bad))
