@@ -10,10 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from pipelines.config import RunConfig
+from pipelines.config import STUDENT_SECTIONS, RunConfig
 from retrievers.errors import UserError
 
-STUDENT_SECTIONS = ("dense_student", "sparse_student")
 TIED_HEAD_WARMUP_STEPS = 200  # 16 documents a step: about 3,200 documents, most of SciFact once
 
 

@@ -156,6 +156,15 @@ class TeacherConfig(_Strict):
         return self
 
 
+STUDENT_SECTIONS = ("dense_student", "sparse_student")
+WEIGHTS_RULE = "weights must be finite, non-negative and not all zero"
+
+
+def usable_weights(weights: dict[str, float]) -> bool:
+    """Teacher weights an ensemble can be averaged with: finite, non-negative, summing above zero."""
+    return all(math.isfinite(w) and w >= 0 for w in weights.values()) and sum(weights.values()) > 0
+
+
 class TrainingConfig(_Strict):
     """Training data: candidate mining, GISTEmbed guide filter, teacher ensemble, TAS-Balanced sampling."""
 
@@ -198,8 +207,8 @@ class TrainingConfig(_Strict):
         for name in weights:
             if name not in teachers:
                 raise ValueError(f"{name!r} is not a teacher in [training.teachers] ({', '.join(teachers)})")
-        if any(not math.isfinite(w) or w < 0 for w in weights.values()) or (weights and sum(weights.values()) <= 0):
-            raise ValueError("weights must be finite, non-negative and not all zero")
+        if weights and not usable_weights(weights):
+            raise ValueError(WEIGHTS_RULE)
         return weights
 
     @model_validator(mode="after")
@@ -339,7 +348,7 @@ class RunConfig(_Strict):
             if self.training is None:
                 raise ValueError("sparse_student needs a [training] section (its triples and teachers)")
             self.model_source(self.sparse_student.base_model, where="sparse_student.base_model")
-        for section in ("dense_student", "sparse_student"):
+        for section in STUDENT_SECTIONS:
             if getattr(self, section) is not None:
                 self.student_teacher_weights(section)
         return self
@@ -378,9 +387,8 @@ class RunConfig(_Strict):
             verb = "is not a teacher in [training.teachers]" if unknown else "has no weight"
             raise ValueError(f"{section}.teacher_weights: {odd[0]!r} {verb}; give a weight for each of "
                              f"{', '.join(training.teachers)}")
-        weights = student.teacher_weights.values()
-        if any(not math.isfinite(w) or w < 0 for w in weights) or sum(weights) <= 0:
-            raise ValueError(f"{section}.teacher_weights: weights must be finite, non-negative and not all zero")
+        if not usable_weights(student.teacher_weights):
+            raise ValueError(f"{section}.teacher_weights: {WEIGHTS_RULE}")
         return {name: float(student.teacher_weights[name]) for name in training.teachers}
 
     def training_dataset(self) -> str:
