@@ -1,5 +1,6 @@
 """The Lucene impact index with an inference-free (IDF lookup) query side, on real SPLADE-tiny document
-vectors of the SciFact slice: Lucene's top-10 must match the exact float dot products."""
+vectors of the SciFact slice: Lucene's top-10 must match the exact float dot products, and the benchmark's
+Lucene-free impact scoring must give Lucene's scores."""
 
 from __future__ import annotations
 
@@ -60,3 +61,17 @@ def test_impact_index_matches_exact_scores(slice_root: Path, tmp_path: Path) -> 
         best = doc_ids[int(np.argmax(exact))]
         assert run[q][best] == pytest.approx(float(exact.max()), rel=0.05)  # quantization error only
     assert np.mean(overlaps) >= 0.9, overlaps
+
+    # benchmarks.train_sparse (a GPU machine has no Lucene) sums the same integer impacts: Lucene's scores.
+    from scipy.sparse import csr_matrix
+
+    from benchmarks.train_sparse import impacts, top_k
+
+    cells = [(row, tokenizer.convert_tokens_to_ids(token), weight)
+             for row, vector in enumerate(vectors.values()) for token, weight in vector.items()]
+    rows, columns, weights = zip(*cells, strict=True)
+    query_matrix = csr_matrix((weights, (rows, columns)), shape=(len(vectors), matrix.shape[1]))
+    _, scores = top_k(impacts(query_matrix), impacts(matrix), 10)
+    for i, q in enumerate(vectors):
+        lucene = sorted(run[q].values(), reverse=True)
+        assert list(scores[i][: len(lucene)]) == pytest.approx(lucene, abs=1e-5)
