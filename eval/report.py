@@ -47,7 +47,8 @@ def bar_chart(rows: list[ResultRow], metric: str, path: Path) -> None:
     datasets = sorted({r.dataset for r in rows})
     retrievers = list(dict.fromkeys(r.retriever for r in rows))
     width = 0.8 / max(len(retrievers), 1)
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.8 * len(datasets) + 2), 3.6))
+    # Wide enough for a readable score label on every bar; the legend goes beside the axes.
+    fig, ax = plt.subplots(figsize=(max(4.0, len(datasets) * (0.55 * len(retrievers) + 0.6)) + 2.8, 3.6))
     for i, retriever in enumerate(retrievers):
         values = [next((r.metrics.get(metric, 0.0) for r in rows if r.dataset == d and r.retriever == retriever), 0.0)
                   for d in datasets]
@@ -57,10 +58,10 @@ def bar_chart(rows: list[ResultRow], metric: str, path: Path) -> None:
     ax.set_xticks(range(len(datasets)), datasets)
     ax.set_ylabel(metric)
     ax.set_ylim(0, 1)
-    ax.legend(fontsize=8, loc="upper right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes: bars keep their labels
     ax.set_title(f"{metric} per data set")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 
