@@ -26,16 +26,17 @@ from retrievers.dense import document_text
 from retrievers.distill_dense import student_triples
 from retrievers.impact_index import IMPACT_SCALE, corpus_idf
 from retrievers.sparse_student import (
-    SparseStudentSettings,
     encode_batched,
     load_inference_free_encoder,
     masked_lm_folder,
+    sparse_student_settings,
     train_sparse_student,
 )
 
 
 def impacts(matrix: sp.csr_matrix) -> sp.csr_matrix:
-    """Integer impacts ``round(w * IMPACT_SCALE)`` of a CSR matrix, zeros dropped (what the index stores)."""
+    """Integer impacts ``round(w * IMPACT_SCALE)`` of a CSR matrix, zeros dropped: ``impact_index.quantize``'s
+    rounding over a whole matrix at once (what the index stores)."""
     out = matrix.tocsr(copy=True).astype(np.float64)
     out.data = np.rint(out.data * IMPACT_SCALE)
     out.eliminate_zeros()
@@ -66,15 +67,15 @@ def main() -> None:
 
     from transformers import AutoTokenizer
 
-    fields = set(SparseStudentSettings.__dataclass_fields__) - {"margin_bins"}
+    # The corpus IDF table once for the grid: every entry's document encoder keeps the base's tokenizer (a tied
+    # MLM head is added to a copy of the base folder, tokenizer included).
+    idf = corpus_idf(AutoTokenizer.from_pretrained(args.base), (document_text(d) for d in grid.corpus.values()))
     for name, table, weights, student in grid.entries(args.grid, args.max_queries):
         out = args.scratch / name
         doc_dir = masked_lm_folder(args.base, student["mlm_head"], out / "mlm-base", student["base_model"],
                                    seed=student["seed"])
-        idf = corpus_idf(AutoTokenizer.from_pretrained(doc_dir), (document_text(d) for d in grid.corpus.values()))
         triples = student_triples(table, grid.corpus, weights, student["negatives_per_query"], 1.0)
-        settings = SparseStudentSettings(margin_bins=args.margin_bins,
-                                         **{k: v for k, v in student.items() if k in fields})
+        settings = sparse_student_settings(student, args.margin_bins)
         stats = train_sparse_student(doc_dir, idf, triples, out / "model", out / "checkpoints", settings)
         grid.record({"stage": "train", "name": name, "settings": student, "weights": weights,
                      "seconds": round(stats["seconds"], 2), "steps": stats["steps"],

@@ -190,6 +190,13 @@ class SparseStudentSettings:
     seed: int = 13
 
 
+def sparse_student_settings(student: dict, margin_bins: int) -> SparseStudentSettings:
+    """``SparseStudentSettings`` from a config's ``[sparse_student]`` table and the training data's margin bins
+    (keys that are not training settings, such as ``base_model`` or ``idf``, are left out)."""
+    names = set(SparseStudentSettings.__dataclass_fields__) - {"margin_bins"}
+    return SparseStudentSettings(margin_bins=margin_bins, **{k: v for k, v in student.items() if k in names})
+
+
 def sparse_loss(model, settings: SparseStudentSettings):
     """SpladeLoss(distillation loss, FLOPS on the documents only: the query route has no model to regularize)."""
     from sentence_transformers.sparse_encoder.losses import SparseDistillKLDivLoss, SparseMarginMSELoss, SpladeLoss

@@ -62,10 +62,10 @@ class TrainSparse(StudentTask):
         from retrievers.distill_dense import student_triples
         from retrievers.impact_index import corpus_idf
         from retrievers.sparse_student import (
-            SparseStudentSettings,
             masked_lm_folder,
             query_weights,
             read_idf_json,
+            sparse_student_settings,
             train_sparse_student,
             write_idf_json,
         )
@@ -85,9 +85,7 @@ class TrainSparse(StudentTask):
             idf = read_idf_json(Path(s["idf"]), tokenizer)
         table = read_table(self.triples_task().out_dir / "triples.parquet")
         triples = student_triples(table, corpus, dict(self.training["weights"]), s["negatives_per_query"], 1.0)
-        names = set(SparseStudentSettings.__dataclass_fields__) - {"margin_bins"}
-        settings = SparseStudentSettings(margin_bins=self.training["margin_bins"],
-                                         **{k: v for k, v in s.items() if k in names})
+        settings = sparse_student_settings(s, self.training["margin_bins"])
         log.info("sparse student: %d triples of %d queries (%s FLOPS, %s)", len(triples["query_id"]),
                  len(set(triples["query_id"])), s["regularizer"], s["loss"])
         stats = train_sparse_student(doc_dir, idf, triples, folder / "model", self.checkpoint_dir(), settings)
