@@ -61,6 +61,9 @@ def main() -> None:
     bm25 = LuceneSearcher(str(args.bm25_index))
     bm25.set_bm25(0.9, 0.4)
     impact = LuceneImpactSearcher(str(args.impact_index), IdfQueryEncoder(tokenizer, weights))
+    if bm25.num_docs != impact.num_docs:  # two indexes of different corpora time different work
+        raise SystemExit(f"--bm25-index holds {bm25.num_docs} documents and --impact-index {impact.num_docs}: give "
+                         f"two indexes of the same corpus ({args.dataset})")
     fields = {"contents": 1.0, "title": 1.0}  # the pipeline's BM25 (BEIR multifield)
     bm25_ms = timed_searches(lambda q: bm25.search(q, k=args.k, fields=fields), queries, args.repeats)
     contents_ms = timed_searches(lambda q: bm25.search(q, k=args.k), queries, args.repeats)  # one field

@@ -78,6 +78,11 @@ def load_sparse_encoder(model_dir: Path, max_seq_length: int = 0):
         transformer = Transformer(str(model_dir), transformer_task="fill-mask")
         model = SparseEncoder(modules=[transformer, SpladePooling("max")], device=device)
     if max_seq_length:
+        positions = min((getattr(m.auto_model.config, "max_position_embeddings", max_seq_length)
+                         for m in model.modules() if isinstance(m, Transformer)), default=max_seq_length)
+        if max_seq_length > positions:
+            raise UserError(f"{model_dir}: max_seq_length {max_seq_length} is past the model's {positions} "
+                            f"positions; set max_seq_length to at most {positions}")
         model.max_seq_length = max_seq_length
     if device == "cuda":
         model = model.half()

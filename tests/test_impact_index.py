@@ -11,6 +11,7 @@ import pytest
 
 from eval.beir_data import load_beir
 from retrievers.dense import document_text
+from retrievers.errors import UserError
 from retrievers.impact_index import (
     build_impact_index,
     corpus_idf,
@@ -33,6 +34,8 @@ def test_impact_index_matches_exact_scores(slice_root: Path, tmp_path: Path) -> 
     model_dir = tmp_path / "splade"
     materialize(ModelSource.parse(SPLADE_TINY), model_dir)
     tokenizer = load_sparse_encoder(model_dir).tokenizer
+    with pytest.raises(UserError, match="max_seq_length 1024 is past the model's 512 positions"):
+        load_sparse_encoder(model_dir, 1024)  # SPLADE-tiny's position table ends at 512
     matrix = encode_sparse_documents(model_dir, texts, 16, 128)
     idf = corpus_idf(tokenizer, texts)
     assert idf[tokenizer.convert_tokens_to_ids("the")] < idf[tokenizer.convert_tokens_to_ids("lymphocyte")]
@@ -75,3 +78,23 @@ def test_impact_index_matches_exact_scores(slice_root: Path, tmp_path: Path) -> 
     for i, q in enumerate(vectors):
         lucene = sorted(run[q].values(), reverse=True)
         assert list(scores[i][: len(lucene)]) == pytest.approx(lucene, abs=1e-5)
+
+    # benchmarks.sparse_window: windows cover a long document in order, within the encoder's window, and their
+    # vectors max-pool into one row per document.
+    from benchmarks.sparse_window import document_windows, max_pool_rows
+
+    long_text = " ".join(texts[:3])
+    spans = document_windows(tokenizer, long_text, 64, 48)
+    assert len(spans) > 2 and long_text.startswith(spans[0]) and long_text.endswith(spans[-1])
+    assert all(len(tokenizer(span)["input_ids"]) <= 64 for span in spans)
+    tokens = tokenizer(long_text, add_special_tokens=False)["input_ids"]
+    rebuilt = [tokenizer(span, add_special_tokens=False)["input_ids"] for span in spans]
+    assert rebuilt[0] == tokens[:len(rebuilt[0])] and rebuilt[-1] == tokens[-len(rebuilt[-1]):]
+    assert all(any(part == tokens[i:i + len(part)] for i in range(len(tokens))) for part in rebuilt)
+    assert document_windows(tokenizer, texts[0], 4096, 1) == [texts[0]]
+    owners = np.array([0, 1, 0, 2, 2, 2])
+    pooled = max_pool_rows(matrix[:6], owners, 4).toarray()
+    expected = np.zeros_like(pooled)
+    for row, owner in enumerate(owners):
+        expected[owner] = np.maximum(expected[owner], matrix[row].toarray()[0])
+    assert np.array_equal(pooled, expected) and not pooled[3].any()
