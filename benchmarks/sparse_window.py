@@ -34,27 +34,29 @@ from retrievers.sparse_student import document_route, load_inference_free_encode
 
 def document_windows(tokenizer, text: str, size: int, stride: int) -> list[str]:
     """Spans of ``text`` of at most ``size`` tokens once the tokenizer adds its two special tokens, starting
-    about every ``stride`` tokens, the last one ending at the last token. Cuts fall between words (at the
-    tokens' character offsets), so each span tokenizes to the same tokens it had inside the document."""
+    about every ``stride`` tokens, the last one ending at the last token; together they cover every token.
+    Cuts fall between words (at the tokens' character offsets), so each span tokenizes to the tokens it had
+    inside the document; a word longer than the window is cut inside."""
+    if size < 3 or stride < 1:
+        raise ValueError(f"a window holds at least one token (size {size}) and moves on (stride {stride})")
     encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     offsets, words = encoding["offset_mapping"], encoding.word_ids()
-    body = size - 2
+    count, body = len(offsets), size - 2
 
     def word_start(i: int) -> bool:
-        return i == 0 or i >= len(words) or words[i] != words[i - 1]
+        return i == 0 or i >= count or words[i] != words[i - 1]
 
-    if len(offsets) <= body:
+    if count <= body:
         return [text]
     spans, start = [], 0
     while True:
-        end = min(start + body, len(offsets))
-        while not word_start(end) and end > start + 1:  # a word longer than the window is cut inside
-            end -= 1
-        spans.append(text[offsets[start][0]:offsets[end - 1][1]])
-        if end == len(offsets):
+        end = min(start + body, count)
+        cut = next((i for i in range(end, start, -1) if word_start(i)), end)  # the last word start in the window
+        spans.append(text[offsets[start][0]:offsets[cut - 1][1]])
+        if cut == count:
             return spans
-        start = min(start + stride, end)
-        while not word_start(start):
+        start = min(start + stride, cut)
+        while start < cut and not word_start(start):
             start += 1
 
 
@@ -62,6 +64,8 @@ def max_pool_rows(matrix: sp.csr_matrix, owners: np.ndarray, rows: int) -> sp.cs
     """Row ``i`` of the result is the elementwise maximum of the rows of ``matrix`` whose owner is ``i``
     (non-negative weights, as SPLADE's are)."""
     coo = matrix.tocoo()
+    if coo.nnz == 0:
+        return sp.csr_matrix((rows, matrix.shape[1]), dtype=matrix.dtype)
     keys = owners[coo.row].astype(np.int64) * matrix.shape[1] + coo.col
     order = np.lexsort((-coo.data, keys))  # per (owner, term), the largest weight first
     keys, data = keys[order], coo.data[order]
@@ -73,6 +77,8 @@ def max_pool_rows(matrix: sp.csr_matrix, owners: np.ndarray, rows: int) -> sp.cs
 def encode_documents(model, texts: list[str], mode: str) -> sp.csr_matrix:
     """The corpus under one window setting (``trunc:N`` or ``win:N:S``)."""
     kind, *numbers = mode.split(":")
+    if (kind, len(numbers)) not in (("trunc", 1), ("win", 2)) or not all(n.isdigit() for n in numbers):
+        raise SystemExit(f"--windows: {mode!r} is neither trunc:N nor win:N:S (e.g. trunc:512, win:512:384)")
     size = int(numbers[0])
     document_route(model).max_seq_length = size
     if kind == "trunc":

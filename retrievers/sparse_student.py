@@ -247,12 +247,15 @@ def train_sparse_student(doc_dir: Path, idf: np.ndarray, triples: dict[str, list
 
     from retrievers.distill_dense import checkpoint_step, last_complete_checkpoint
     from retrievers.tas import tas_balanced_sampler
+    from retrievers.teachers import check_window
 
     if not triples["query_id"]:
         raise UserError("sparse student: no training triples; see the training-data report")
     torch.manual_seed(settings.seed)
     model = build_inference_free_encoder(doc_dir, query_weights(idf, settings.regularizer),
                                          settings.train_max_seq_length or settings.max_seq_length)
+    for window in (settings.max_seq_length, settings.train_max_seq_length):  # refused before training, not after
+        check_window(model, window, "sparse_student.base_model")
     on_gpu = model.device.type == "cuda"
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     resume_from = last_complete_checkpoint(checkpoint_dir)

@@ -54,6 +54,18 @@ def dense_pair_scores(model_dir: Path, queries: dict[str, str], doc_vectors: dic
     return np.einsum("ij,ij->i", query_matrix[q_rows], doc_matrix[d_rows]).astype(np.float32)
 
 
+def check_window(model, max_seq_length: int, name: str) -> None:
+    """Refuse a token window past the position table of any transformer in ``model`` (a sentence-transformers
+    model or one of its modules): the embedding lookup would fail deep inside torch."""
+    from sentence_transformers.base.modules import Transformer
+
+    positions = min((getattr(m.auto_model.config, "max_position_embeddings", 0) for m in model.modules()
+                     if isinstance(m, Transformer)), default=0)
+    if 0 < positions < max_seq_length:
+        raise UserError(f"{name}: max_seq_length {max_seq_length} is past the model's {positions} positions; set "
+                        f"max_seq_length to at most {positions}")
+
+
 def load_sparse_encoder(model_dir: Path, max_seq_length: int = 0):
     """A SPLADE model as a sentence-transformers SparseEncoder.
 
@@ -78,11 +90,7 @@ def load_sparse_encoder(model_dir: Path, max_seq_length: int = 0):
         transformer = Transformer(str(model_dir), transformer_task="fill-mask")
         model = SparseEncoder(modules=[transformer, SpladePooling("max")], device=device)
     if max_seq_length:
-        positions = min((getattr(m.auto_model.config, "max_position_embeddings", max_seq_length)
-                         for m in model.modules() if isinstance(m, Transformer)), default=max_seq_length)
-        if max_seq_length > positions:
-            raise UserError(f"{model_dir}: max_seq_length {max_seq_length} is past the model's {positions} "
-                            f"positions; set max_seq_length to at most {positions}")
+        check_window(model, max_seq_length, str(model_dir))
         model.max_seq_length = max_seq_length
     if device == "cuda":
         model = model.half()

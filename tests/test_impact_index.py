@@ -36,6 +36,12 @@ def test_impact_index_matches_exact_scores(slice_root: Path, tmp_path: Path) -> 
     tokenizer = load_sparse_encoder(model_dir).tokenizer
     with pytest.raises(UserError, match="max_seq_length 1024 is past the model's 512 positions"):
         load_sparse_encoder(model_dir, 1024)  # SPLADE-tiny's position table ends at 512
+    from retrievers.sparse_student import SparseStudentSettings, train_sparse_student
+
+    with pytest.raises(UserError, match="max_seq_length 1024 is past the model's 512 positions"):  # before training
+        train_sparse_student(model_dir, np.ones(len(tokenizer), dtype=np.float32), {"query_id": ["1"]},
+                             tmp_path / "student", tmp_path / "checkpoints",
+                             SparseStudentSettings(max_seq_length=1024, train_max_seq_length=128))
     matrix = encode_sparse_documents(model_dir, texts, 16, 128)
     idf = corpus_idf(tokenizer, texts)
     assert idf[tokenizer.convert_tokens_to_ids("the")] < idf[tokenizer.convert_tokens_to_ids("lymphocyte")]
@@ -91,10 +97,28 @@ def test_impact_index_matches_exact_scores(slice_root: Path, tmp_path: Path) -> 
     rebuilt = [tokenizer(span, add_special_tokens=False)["input_ids"] for span in spans]
     assert rebuilt[0] == tokens[:len(rebuilt[0])] and rebuilt[-1] == tokens[-len(rebuilt[-1]):]
     assert all(any(part == tokens[i:i + len(part)] for i in range(len(tokens))) for part in rebuilt)
+
+    def covers_in_order(text: str, spans: list[str]) -> bool:
+        """Each span starts after the previous one and no later than its end (overlap, or only spaces between)."""
+        previous_start, previous_end = -1, 0
+        for span in spans:
+            start = text.find(span, previous_start + 1)
+            if start < 0 or start <= previous_start or text[previous_end:start].strip():
+                return False
+            previous_start, previous_end = start, start + len(span)
+        return previous_end == len(text)
+
+    assert covers_in_order(long_text, spans) and not covers_in_order(long_text, spans[::2])
+    one_word = "pneumonoultramicroscopicsilicovolcanoconiosis" * 2  # 34 word pieces (at 100+ characters: [UNK])
+    pieces = document_windows(tokenizer, f"lung {one_word} dust", 8, 4)
+    assert len(pieces) > 2 and covers_in_order(f"lung {one_word} dust", pieces)
     assert document_windows(tokenizer, texts[0], 4096, 1) == [texts[0]]
+    with pytest.raises(ValueError, match="stride 0"):
+        document_windows(tokenizer, long_text, 64, 0)
     owners = np.array([0, 1, 0, 2, 2, 2])
     pooled = max_pool_rows(matrix[:6], owners, 4).toarray()
     expected = np.zeros_like(pooled)
     for row, owner in enumerate(owners):
         expected[owner] = np.maximum(expected[owner], matrix[row].toarray()[0])
     assert np.array_equal(pooled, expected) and not pooled[3].any()
+    assert max_pool_rows(csr_matrix((2, matrix.shape[1])), np.array([0, 1]), 2).nnz == 0
