@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import os
 from pathlib import Path
 
 from retrievers.model_sources import ModelSource, materialize
@@ -14,3 +16,11 @@ def model_folder(source: str, given: Path | None, scratch: Path) -> Path:
     folder = scratch / "model"
     materialize(ModelSource.parse(source), folder)
     return folder
+
+
+def add_data_arguments(parser: argparse.ArgumentParser, dataset: bool = True) -> None:
+    """``--data``, the BEIR root ($STILLHOUSE_BEIR_DIR, else ../shared/beir), and ``--dataset`` (SciFact) unless
+    ``dataset`` is False."""
+    parser.add_argument("--data", type=Path, default=Path(os.environ.get("STILLHOUSE_BEIR_DIR", "../shared/beir")))
+    if dataset:
+        parser.add_argument("--dataset", default="scifact")

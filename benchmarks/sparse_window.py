@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
 
+from benchmarks.common import add_data_arguments
 from benchmarks.train_sparse import encode_all, impacts, top_k
 from eval.beir_data import load_beir
 from eval.metrics import DEFAULT_METRICS, evaluate_run
@@ -97,8 +97,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, required=True, help="a TrainSparse model/ folder")
     parser.add_argument("--windows", default="trunc:256,trunc:512,win:256:192,win:512:384")
-    parser.add_argument("--data", type=Path, default=Path(os.environ.get("STILLHOUSE_BEIR_DIR", "../shared/beir")))
-    parser.add_argument("--dataset", default="scifact")
+    add_data_arguments(parser)
     parser.add_argument("--split", default="train")
     parser.add_argument("--out", type=Path, help="write the rows as JSON here")
     args = parser.parse_args()
@@ -121,10 +120,11 @@ def main() -> None:
         run = {q: {doc_ids[j]: float(s) for j, s in zip(top[i], scores[i], strict=True)}
                for i, q in enumerate(query_ids)}
         means, _ = evaluate_run(data.qrels, run)
-        rows.append({"window": mode, **means, "terms_per_doc": docs.nnz / docs.shape[0], "encode_seconds": seconds,
+        terms_per_doc = docs.nnz / docs.shape[0]
+        rows.append({"window": mode, **means, "terms_per_doc": terms_per_doc, "encode_seconds": seconds,
                      "device": str(model.device)})
         print(f"| {mode} | " + " | ".join(f"{means[m]:.4f}" for m in DEFAULT_METRICS)
-              + f" | {docs.nnz / docs.shape[0]:.1f} | {seconds:.0f} |", flush=True)
+              + f" | {terms_per_doc:.1f} | {seconds:.0f} |", flush=True)
         if args.out:
             args.out.write_text(json.dumps(rows, indent=2))
 

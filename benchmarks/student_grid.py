@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.common import add_data_arguments
 from eval.beir_data import BeirDataset, load_beir
 from retrievers.dense import document_text
 
@@ -23,8 +23,7 @@ def add_grid_arguments(parser: argparse.ArgumentParser, task: str, section: str,
                        scratch: str) -> None:
     """The arguments both benchmarks take; ``task`` names the provenance file, ``section`` the config table the
     grid overrides."""
-    parser.add_argument("--data", type=Path, default=Path(os.environ.get("STILLHOUSE_BEIR_DIR", "../shared/beir")))
-    parser.add_argument("--dataset", default="scifact")
+    add_data_arguments(parser)
     parser.add_argument("--splits", default=default_splits, help="query splits to search with every student")
     parser.add_argument("--triples", type=Path, nargs="+", required=True,
                         help="TASTriples folders (triples.parquet); a grid entry's 'triples' picks one by index")

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import model_folder
+from benchmarks.common import add_data_arguments, model_folder
 from eval.beir_data import load_beir
 from retrievers import teachers
 from retrievers.bm25 import bm25_search, build_bm25_index
@@ -37,7 +36,7 @@ def _timed(label: str, pairs: int, started: float, device: str, **extra) -> None
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=Path(os.environ.get("STILLHOUSE_BEIR_DIR", "../shared/beir")))
+    add_data_arguments(parser, dataset=False)
     parser.add_argument("--queries", type=int, default=50)
     parser.add_argument("--depth", type=int, default=100)
     parser.add_argument("--dense", default=MINILM)

@@ -8,11 +8,11 @@ the chosen one.
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 import numpy as np
 
+from benchmarks.common import add_data_arguments
 from eval.beir_data import load_beir
 from eval.metrics import DEFAULT_METRICS, evaluate_run
 
@@ -33,8 +33,7 @@ def runs_of(npz, split: str) -> dict[str, dict[str, dict[str, float]]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", type=Path)
-    parser.add_argument("--data", type=Path, default=Path(os.environ.get("STILLHOUSE_BEIR_DIR", "../shared/beir")))
-    parser.add_argument("--dataset", default="scifact")
+    add_data_arguments(parser)
     parser.add_argument("--splits", default="train,test")
     args = parser.parse_args()
     npz = np.load(args.runs)
