@@ -29,7 +29,9 @@ from benchmarks.train_sparse import encode_all, impacts, top_k
 from eval.beir_data import load_beir
 from eval.metrics import DEFAULT_METRICS, evaluate_run
 from retrievers.dense import document_text
+from retrievers.errors import UserError
 from retrievers.sparse_student import document_route, load_inference_free_encoder
+from retrievers.teachers import check_window
 
 
 def document_windows(tokenizer, text: str, size: int, stride: int) -> list[str]:
@@ -80,6 +82,7 @@ def encode_documents(model, texts: list[str], mode: str) -> sp.csr_matrix:
     if (kind, len(numbers)) not in (("trunc", 1), ("win", 2)) or not all(n.isdigit() for n in numbers):
         raise SystemExit(f"--windows: {mode!r} is neither trunc:N nor win:N:S (e.g. trunc:512, win:512:384)")
     size = int(numbers[0])
+    check_window(model, size, f"--windows {mode}")
     document_route(model).max_seq_length = size
     if kind == "trunc":
         return encode_all(model, texts, 32, "document")
@@ -113,7 +116,12 @@ def main() -> None:
     print("|---|" + "---:|" * (len(DEFAULT_METRICS) + 2))
     for mode in args.windows.split(","):
         started = time.perf_counter()
-        docs = encode_documents(model, texts, mode)
+        try:
+            docs = encode_documents(model, texts, mode)
+        except UserError as exc:  # a window past the model's positions (the message names the mode)
+            raise SystemExit(str(exc)) from None
+        except ValueError as exc:  # a stride under 1
+            raise SystemExit(f"--windows {mode}: {exc}") from None
         seconds = time.perf_counter() - started
         docs = impacts(docs)
         top, scores = top_k(queries, docs, 100)
