@@ -17,7 +17,6 @@ Select on the train split only.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from benchmarks.common import add_data_arguments
 from benchmarks.train_sparse import encode_all, impacts, top_k
 from eval.beir_data import load_beir
 from eval.metrics import DEFAULT_METRICS, evaluate_run
+from pipelines.artifacts import write_json_atomic
 from retrievers.dense import document_text
 from retrievers.errors import UserError
 from retrievers.sparse_student import document_route, load_inference_free_encoder
@@ -134,7 +134,7 @@ def main() -> None:
         print(f"| {mode} | " + " | ".join(f"{means[m]:.4f}" for m in DEFAULT_METRICS)
               + f" | {terms_per_doc:.1f} | {seconds:.0f} |", flush=True)
         if args.out:
-            args.out.write_text(json.dumps(rows, indent=2))
+            write_json_atomic(args.out, rows)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import numpy as np
 
 from benchmarks.common import add_data_arguments
 from eval.beir_data import BeirDataset, load_beir
+from pipelines.artifacts import write_json_atomic
 from retrievers.dense import document_text
 
 
@@ -81,7 +82,7 @@ class GridInputs:
         out.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(out / "runs.tmp.npz", **self.runs)
         (out / "runs.tmp.npz").replace(out / "runs.npz")
-        (out / "stages.json").write_text(json.dumps(self.stages, indent=2))
+        write_json_atomic(out / "stages.json", self.stages)
 
 
 def load_grid_inputs(args: argparse.Namespace) -> GridInputs:
