@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from benchmarks.common import add_data_arguments
+from benchmarks.common import add_data_arguments, add_split_arguments, checked_splits
 from benchmarks.train_sparse import encode_all, impacts, top_k
 from eval.beir_data import load_beir
 from eval.metrics import DEFAULT_METRICS, evaluate_run
@@ -101,11 +101,12 @@ def main() -> None:
     parser.add_argument("--model", type=Path, required=True, help="a TrainSparse model/ folder")
     parser.add_argument("--windows", default="trunc:256,trunc:512,win:256:192,win:512:384")
     add_data_arguments(parser)
-    parser.add_argument("--split", default="train")
+    add_split_arguments(parser, "--split")
     parser.add_argument("--out", type=Path, help="write the rows as JSON here")
     args = parser.parse_args()
 
     model = load_inference_free_encoder(args.model)
+    checked_splits(args, args.split)
     data = load_beir(args.data / args.dataset, args.split)
     doc_ids = list(data.corpus)
     texts = [document_text(data.corpus[d]) for d in doc_ids]

@@ -14,18 +14,17 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import add_data_arguments
+from benchmarks.common import add_data_arguments, add_split_arguments, checked_splits
 from eval.beir_data import BeirDataset, load_beir
 from pipelines.artifacts import write_json_atomic
 from retrievers.dense import document_text
 
 
-def add_grid_arguments(parser: argparse.ArgumentParser, task: str, section: str, default_splits: str,
-                       scratch: str) -> None:
+def add_grid_arguments(parser: argparse.ArgumentParser, task: str, section: str, scratch: str) -> None:
     """The arguments both benchmarks take; ``task`` names the provenance file, ``section`` the config table the
     grid overrides."""
     add_data_arguments(parser)
-    parser.add_argument("--splits", default=default_splits, help="query splits to search with every student")
+    add_split_arguments(parser)
     parser.add_argument("--triples", type=Path, nargs="+", required=True,
                         help="TASTriples folders (triples.parquet); a grid entry's 'triples' picks one by index")
     parser.add_argument("--provenance", type=Path, required=True,
@@ -90,7 +89,7 @@ def load_grid_inputs(args: argparse.Namespace) -> GridInputs:
     import torch
 
     params = json.loads(args.provenance.read_text())["params"]
-    splits = args.splits.split(",")
+    splits = checked_splits(args, args.splits)
     datasets = {split: load_beir(args.data / args.dataset, split) for split in splits}
     corpus = datasets[splits[0]].corpus
     doc_ids = list(corpus)[: args.max_docs or None]

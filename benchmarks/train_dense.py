@@ -36,7 +36,7 @@ def exact_top_k(doc_vectors: np.ndarray, query_vectors: np.ndarray, k: int) -> t
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_grid_arguments(parser, "TrainDense", "dense_student", "train,test", "/tmp/train_dense")
+    add_grid_arguments(parser, "TrainDense", "dense_student", "/tmp/train_dense")
     parser.add_argument("--guide", type=Path, help="the GISTEmbed guide model folder")
     parser.add_argument("--teachers", type=Path, nargs="*", default=[], help="dense models to time over the corpus")
     parser.add_argument("--guide-margin", type=float, default=0.0, help="[training] guide_margin")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import add_data_arguments
+from benchmarks.common import add_data_arguments, add_split_arguments, checked_splits
 from eval.beir_data import load_beir
 from eval.metrics import DEFAULT_METRICS, evaluate_run
 
@@ -34,10 +34,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", type=Path)
     add_data_arguments(parser)
-    parser.add_argument("--splits", default="train,test")
+    add_split_arguments(parser)
     args = parser.parse_args()
     npz = np.load(args.runs)
-    for split in args.splits.split(","):
+    for split in checked_splits(args, args.splits):
         qrels = load_beir(args.data / args.dataset, split).qrels
         print(f"\n{args.dataset} {split} ({len(qrels)} judged queries)\n")
         print("| student | " + " | ".join(DEFAULT_METRICS) + " |")

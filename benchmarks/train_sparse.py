@@ -61,7 +61,7 @@ def top_k(queries: sp.csr_matrix, docs: sp.csr_matrix, k: int) -> tuple[np.ndarr
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_grid_arguments(parser, "TrainSparse", "sparse_student", "train", "/tmp/train_sparse")
+    add_grid_arguments(parser, "TrainSparse", "sparse_student", "/tmp/train_sparse")
     args = parser.parse_args()
     grid = load_grid_inputs(args)
 

@@ -21,6 +21,16 @@ MEASURE_NAMES = {
     "P@10": "P@10",
 }
 DEFAULT_METRICS = ("NDCG@10", "Recall@100", "MRR@10")
+# BEIR's sets whose queries are documents of the corpus, under the same ids: a hit on the query's own id is the
+# query itself, and BEIR's evaluation drops it. Elsewhere ids are numbered independently (Cranfield has a judged
+# relevant pair with query id = document id), so dropping would remove relevant documents.
+IDENTICAL_ID_DATASETS = ("arguana", "quora")
+
+
+def ignores_identical_ids(dataset: str, configured: list[str] | None = None) -> bool:
+    """Whether ``dataset`` drops a retrieved document whose id is the query's: the configured list
+    (``[data] ignore_identical_ids``), else BEIR's sets that need it."""
+    return dataset in (IDENTICAL_ID_DATASETS if configured is None else configured)
 
 
 def parse_metrics(names: list[str] | tuple[str, ...]) -> dict[str, object]:
@@ -30,17 +40,17 @@ def parse_metrics(names: list[str] | tuple[str, ...]) -> dict[str, object]:
     return {name: ir_measures.parse_measure(MEASURE_NAMES[name]) for name in names}
 
 
-def evaluate_run(qrels: dict[str, dict[str, int]], run: Run, names: list[str] | tuple[str, ...] = DEFAULT_METRICS
-                 ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+def evaluate_run(qrels: dict[str, dict[str, int]], run: Run, names: list[str] | tuple[str, ...] = DEFAULT_METRICS,
+                 ignore_identical_ids: bool = False) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
     """Mean of each metric over the judged queries, and the per-query values.
 
     Judged queries absent from the run score 0 (BEIR averages over the queries it ran; stillhouse
-    always runs every judged query, so the two agree). As in BEIR, a document whose id equals the
-    query's id is not counted as retrieved.
+    always runs every judged query, so the two agree). With ``ignore_identical_ids`` (BEIR's rule for ArguAna
+    and Quora, ``ignores_identical_ids``), a document whose id equals the query's id is not counted as retrieved.
     """
     measures = parse_metrics(names)
-    # BEIR's evaluation drops a hit whose document id equals the query id (ArguAna, Quora).
-    run = {qid: {d: s for d, s in hits.items() if d != qid} for qid, hits in run.items()}
+    if ignore_identical_ids:
+        run = {qid: {d: s for d, s in hits.items() if d != qid} for qid, hits in run.items()}
     by_measure = {measure: name for name, measure in measures.items()}
     per_query: dict[str, dict[str, float]] = {qid: dict.fromkeys(names, 0.0) for qid in qrels}
     for metric in ir_measures.iter_calc(list(measures.values()), qrels, run):

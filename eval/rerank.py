@@ -35,10 +35,12 @@ def weight_grid(names: Sequence[str], values: Sequence[float] = (0.0, 0.5, 1.0, 
 
 def sweep_weights(qrels: dict[str, dict[str, int]], query_ids: np.ndarray, doc_ids: np.ndarray,
                   normalized: dict[str, np.ndarray], metric: str,
-                  grid: list[dict[str, float]]) -> list[tuple[dict[str, float], float]]:
+                  grid: list[dict[str, float]], ignore_identical_ids: bool = False
+                  ) -> list[tuple[dict[str, float], float]]:
     """``metric`` of the ensemble under every weighting in ``grid``, best first."""
     results = []
     for weights in grid:
-        mean, _ = evaluate_run(qrels, run_from_scores(query_ids, doc_ids, aggregate(normalized, weights)), [metric])
+        mean, _ = evaluate_run(qrels, run_from_scores(query_ids, doc_ids, aggregate(normalized, weights)), [metric],
+                              ignore_identical_ids)
         results.append((weights, mean[metric]))
     return sorted(results, key=lambda item: -item[1])

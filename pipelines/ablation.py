@@ -164,12 +164,14 @@ def ablation_rows(cfg: RunConfig, workdir: Path, data_dir: Path, variants: list[
             skipped[variant] = reason
             continue
         entries = build_report_task(VARIANTS[variant](cfg), workdir, data_dir, eval_split).entries
-        entry = next(e for e in entries if e["name"] == name)
-        student_dataset = entry["dataset"]
-        rows.append({"name": f"{student} student: {variant}", "dataset": entry["dataset"],
-                     "retriever": entry["retriever"]})
-    baselines = [{"name": e["name"], "dataset": e["dataset"], "retriever": e["retriever"]}
+        for entry in (e for e in entries if e["name"] == name):  # one per seed of the student
+            student_dataset = entry["dataset"]
+            rows.append({"name": f"{student} student: {variant}", "dataset": entry["dataset"],
+                         "retriever": entry["retriever"], "ignore_identical_ids": entry["ignore_identical_ids"],
+                         **({"seed": entry["seed"]} if "seed" in entry else {})})
+    baselines = [{"name": e["name"], "dataset": e["dataset"], "retriever": e["retriever"],
+                  "ignore_identical_ids": e["ignore_identical_ids"]}
                  for e in build_report_task(cfg, workdir, data_dir, eval_split).entries
-                 if e["name"] not in STUDENTS and student_dataset is not None
+                 if e["name"] not in STUDENTS and e["retriever"]["kind"] != "hybrid" and student_dataset is not None
                  and e["dataset"]["dataset"] == student_dataset["dataset"]]
     return baselines + rows, skipped

@@ -76,6 +76,9 @@ def _parser() -> argparse.ArgumentParser:
         if name != "export":
             cmd.add_argument("--eval-split", help="evaluate on this split instead of [data] split (generation and "
                                                   "training unchanged): select settings on train, report test")
+        if name in ("run", "status"):
+            cmd.add_argument("--retrievers", help="comma-separated report rows to build (and what they need), "
+                                                  "e.g. bm25,fused-teachers: no generation or training report")
         if name == "ablate":
             from pipelines.ablation import VARIANTS
 
@@ -98,6 +101,21 @@ def _parser() -> argparse.ArgumentParser:
             cmd.add_argument("--workers", type=int, default=1, help="Luigi worker processes in this process")
             cmd.add_argument("--scheduler-url", help="central luigid, e.g. http://127.0.0.1:8082 "
                                                       "(default: Luigi's local scheduler)")
+    find = sub.add_parser("search", help="answer queries with a built retriever or hybrid of CONFIG")
+    find.add_argument("config", type=Path)
+    find.add_argument("query", nargs="?", help="the query text; '-' reads one query per line from standard input")
+    find.add_argument("--retriever", help="a retriever, student or [hybrid] name (default: the first hybrid, "
+                                          "else the first retriever)")
+    find.add_argument("--dataset", help="the data set whose indexes answer (default: the first the retriever is "
+                                        "built for)")
+    find.add_argument("--k", type=int, default=10, help="documents per query (default 10)")
+    find.add_argument("--queries", type=Path, help="a TSV (id<TAB>text) or JSONL ({_id, text}) file of queries: "
+                                                   "answered as a TREC run")
+    find.add_argument("--out", type=Path, help="with --queries: the TREC run file (default: standard output)")
+    find.add_argument("--data-dir", help="BEIR root folder (default: [data] dir, then $STILLHOUSE_BEIR_DIR)")
+    find.add_argument("--workdir", type=Path, help="artifact root (default: the config's workdir)")
+    find.add_argument("--datasets", help=argparse.SUPPRESS)
+    find.add_argument("-v", "--verbose", action="store_true")
     cut = sub.add_parser("slice", help="copy a small, self-consistent slice of a BEIR data set (for smoke runs)")
     cut.add_argument("source", type=Path, help="a BEIR data set folder, e.g. ../shared/beir/scifact")
     cut.add_argument("target", type=Path, help="new folder (its name is the data set's name in configs)")
@@ -139,7 +157,8 @@ def _prepare(args: argparse.Namespace):
         if not (data_dir and (data_dir / dataset).is_dir()):
             resolve_dataset_dir(dataset, data_dir, download=cfg.data.download and data_dir is not None)
     assert data_dir is not None
-    return cfg, workdir, build_roots(cfg, workdir, data_dir.resolve(), getattr(args, "eval_split", None))
+    only = [n.strip() for n in (getattr(args, "retrievers", None) or "").split(",") if n.strip()]
+    return cfg, workdir, build_roots(cfg, workdir, data_dir.resolve(), getattr(args, "eval_split", None), only)
 
 
 def _failures_since(workdir: Path, since: float) -> list[dict]:
@@ -167,7 +186,9 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     variants = [v.strip() for v in args.variants.split(",") if v.strip()] or default_variants(cfg)
     rows, skipped = ablation_rows(cfg, workdir, data_dir, variants, student=args.student,
                                   eval_split=args.eval_split)
-    return _build(args, cfg, workdir, [AblationReport(workdir=str(workdir), entries=rows,
+    full = f"{args.student} student: full"
+    tested = {**dict(roots[0].baselines), **({"full": full} if any(r["name"] == full for r in rows) else {})}
+    return _build(args, cfg, workdir, [AblationReport(workdir=str(workdir), entries=rows, baselines=tested,
                                                       metrics=list(cfg.eval.metrics), skipped=skipped)])
 
 
@@ -182,6 +203,64 @@ def cmd_export(args: argparse.Namespace) -> int:
     for folder in export(built, args.to.expanduser().resolve(), formats, args.force, args.index_name,
                          args.example_query or first_query, workdir=workdir):
         print(folder)
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    """Rank documents for one query, for each line of standard input, or for a file of queries (a TREC run)."""
+    from pipelines.search import open_searcher, read_queries, titles
+    from pipelines.tasks.retrieval import search_task
+    from retrievers.runs import write_trec_run
+
+    if (args.query is None) == (args.queries is None):
+        raise UserError("search: give a query (or '-' for standard input) or --queries FILE, not both")
+    if args.k < 1:
+        raise UserError("search --k: give a positive number of documents")
+    queries = read_queries(args.queries) if args.queries else None
+    cfg, workdir, roots = _prepare(args)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING)
+    entries = roots[0].entries
+    names = list(dict.fromkeys(e["name"] for e in entries))
+    name = args.retriever or next(iter(cfg.hybrid), None) or names[0]
+    choices = [e for e in entries
+               if e["name"] == name and (not args.dataset or e["dataset"]["dataset"] == args.dataset)]
+    if not choices:
+        where = f" on {args.dataset}" if args.dataset else ""
+        raise UserError(f"search --retriever: {name!r} is not a retriever of {args.config}{where} "
+                        f"({', '.join(names)})")
+    task = search_task(str(workdir), dict(choices[0]["dataset"]), dict(choices[0]["retriever"]))
+    if not task.complete():
+        raise UserError(f"search: {name} on {choices[0]['dataset']['dataset']} is not built yet; run "
+                        f"`stillhouse run {args.config}` first")
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # the answer is the output; loading bars would interleave with it
+    loading = time.perf_counter()
+    searcher = open_searcher(task)
+    print(f"{name} on {choices[0]['dataset']['dataset']}: loaded in {time.perf_counter() - loading:.1f} s",
+          file=sys.stderr)
+    corpus = task.dataset_task().out_dir / "corpus.jsonl"
+    if queries is not None:
+        run, _ = searcher.search(queries, args.k)
+        out = args.out or Path("/dev/stdout")
+        write_trec_run(run, out, name)
+        if args.out:
+            print(f"{args.out}: {len(run)} queries, top {args.k} each ({name})")
+        return 0
+    lines = (line.strip() for line in sys.stdin) if args.query == "-" else iter([args.query])
+    for text in (line for line in lines if line):
+        started = time.perf_counter()
+        run, parts = searcher.search({"q": text}, args.k)
+        seconds = time.perf_counter() - started
+        hits = run["q"]
+        names_of = titles(corpus, set(hits))
+        members = list(parts)
+        print(f"# {text}  ({name}, {1000 * seconds:.0f} ms)")
+        print("rank\tdoc\tscore" + "".join(f"\t{m}" for m in members) + "\ttitle")
+        for rank, (doc_id, score) in enumerate(hits.items(), start=1):
+            member_scores = "".join(f"\t{parts[m]['q'][doc_id]:.3f}" for m in members)
+            print(f"{rank}\t{doc_id}\t{score:.4f}{member_scores}\t{names_of.get(doc_id, '')[:90]}")
+        sys.stdout.flush()
     return 0
 
 
@@ -276,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         commands = {"run": cmd_run, "status": cmd_status, "ablate": cmd_ablate, "export": cmd_export,
-                    "slice": cmd_slice}
+                    "search": cmd_search, "slice": cmd_slice}
         return commands[args.command](args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

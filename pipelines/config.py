@@ -36,6 +36,9 @@ class DataConfig(_Strict):
     split: str = "test"
     download: bool = False
     drop_unknown_qrels: bool = False
+    ignore_identical_ids: list[str] | None = Field(
+        None, description="data sets whose evaluation drops a retrieved document with the query's own id (queries "
+                          "are corpus documents); default: BEIR's arguana and quora")
 
 
 class BM25Retriever(_Strict):
@@ -157,6 +160,14 @@ class TeacherConfig(_Strict):
 
 
 STUDENT_SECTIONS = ("dense_student", "sparse_student")
+
+
+def _check_seeds(student: BaseModel) -> None:
+    seeds = student.seeds  # type: ignore[attr-defined]
+    if seeds and "seed" in student.model_fields_set:
+        raise ValueError("give seed or seeds, not both")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError("seeds: a seed is listed twice")
 WEIGHTS_RULE = "weights must be finite, non-negative and not all zero"
 
 
@@ -253,9 +264,15 @@ class DenseStudentConfig(_Strict):
     encode_batch_size: int = Field(64, ge=1)
     shards: int = Field(4, ge=1, description="shards of the student's corpus index")
     seed: int = 13
+    seeds: list[int] = Field(default_factory=list, description="one student per seed, each its own cached training "
+                                                               "task; reports show mean +- sd (default: [seed])")
+
+    def training_seeds(self) -> list[int]:
+        return list(self.seeds) or [self.seed]
 
     @model_validator(mode="after")
     def _some_loss(self) -> DenseStudentConfig:
+        _check_seeds(self)
         if self.margin_mse_weight == 0 and self.in_batch_weight == 0:
             raise ValueError("margin_mse_weight and in_batch_weight are both 0: give one a positive weight")
         return self
@@ -293,6 +310,7 @@ class SparseStudentConfig(_Strict):
 
     @model_validator(mode="after")
     def _lengths_and_idf(self) -> SparseStudentConfig:
+        _check_seeds(self)
         if 0 < self.train_max_seq_length < 16:
             raise ValueError("train_max_seq_length: 0 (= max_seq_length) or at least 16")
         if self.mlm_head == "tied" and self.mlm_warmup_steps == 0:
@@ -306,6 +324,55 @@ class SparseStudentConfig(_Strict):
     checkpoint_steps: int = Field(50, ge=1)
     encode_batch_size: int = Field(32, ge=1)
     seed: int = 13
+    seeds: list[int] = Field(default_factory=list, description="one student per seed, each its own cached training "
+                                                               "task; reports show mean +- sd (default: [seed])")
+
+    def training_seeds(self) -> list[int]:
+        return list(self.seeds) or [self.seed]
+
+
+STUDENT_RETRIEVERS = {"dense-student": "dense_student", "sparse-student": "sparse_student"}
+
+
+class HybridConfig(_Strict):
+    """A fused retriever (``retrievers.hybrid``): its members' top-k, min-max normalized per query, weighted mean."""
+
+    members: list[str] = Field(min_length=2, description="retrievers of [retrievers], or dense-student / "
+                                                         "sparse-student")
+    weights: str | dict[str, float] = Field(
+        "equal", description="\"equal\", {member = weight, ...}, \"examples\" (chosen on the labeled pairs "
+                             "[generation] already spends) or \"split:<name>\" (chosen on a judged split that is not "
+                             "the evaluation split)")
+    top_k: int = Field(100, ge=1, description="each member's depth, and the fused list's")
+    grid_step: float = Field(0.1, gt=0, le=0.5, description="simplex grid of the weight selection")
+
+    @field_validator("members")
+    @classmethod
+    def _distinct(cls, members: list[str]) -> list[str]:
+        if len(set(members)) != len(members):
+            raise ValueError("a retriever is named twice")
+        return members
+
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, weights: str | dict[str, float], info: ValidationInfo) -> str | dict[str, float]:
+        members = info.data.get("members", [])
+        if isinstance(weights, dict):
+            odd = [m for m in weights if m not in members] or [m for m in members if m not in weights]
+            if odd:
+                raise ValueError(f"give a number for each member, and only for members ({odd[0]!r})")
+            if not usable_weights(weights):
+                raise ValueError(WEIGHTS_RULE)
+        elif weights not in ("equal", "examples") and not (weights.startswith("split:") and weights[6:]):
+            raise ValueError(f"{weights!r}; use \"equal\", \"examples\", \"split:<name>\" or a table of numbers")
+        return weights
+
+    @field_validator("grid_step")
+    @classmethod
+    def _divides_one(cls, step: float) -> float:
+        if abs(round(1 / step) * step - 1) > 1e-9:
+            raise ValueError(f"{step} must divide 1 (e.g. 0.1, 0.125, 0.25)")
+        return step
 
 
 class RunConfig(_Strict):
@@ -319,6 +386,7 @@ class RunConfig(_Strict):
     training: TrainingConfig | None = None
     dense_student: DenseStudentConfig | None = None
     sparse_student: SparseStudentConfig | None = None
+    hybrid: dict[str, HybridConfig] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _models_resolve(self) -> RunConfig:
@@ -351,7 +419,35 @@ class RunConfig(_Strict):
         for section in STUDENT_SECTIONS:
             if getattr(self, section) is not None:
                 self.student_teacher_weights(section)
+        self._check_hybrids()
         return self
+
+    def _check_hybrids(self) -> None:
+        for name, hybrid in self.hybrid.items():
+            if name in self.retrievers or name in STUDENT_RETRIEVERS:
+                raise ValueError(f"hybrid.{name}: the name is taken by a retriever; choose another")
+            for member in hybrid.members:
+                section = STUDENT_RETRIEVERS.get(member)
+                if section is not None and getattr(self, section) is None:
+                    raise ValueError(f"hybrid.{name}.members: {member!r} needs a [{section}] section")
+                if section is None and member not in self.retrievers:
+                    known = [*self.retrievers, *(m for m, s in STUDENT_RETRIEVERS.items() if getattr(self, s))]
+                    raise ValueError(f"hybrid.{name}.members: {member!r} is not a retriever of this config "
+                                     f"({', '.join(known)})")
+            if hybrid.weights == "examples" and self.generation is None:
+                raise ValueError(f"hybrid.{name}.weights: \"examples\" needs a [generation] section (its labeled "
+                                 "examples); give \"equal\", numbers or \"split:<name>\"")
+            if hybrid.weights == "examples":
+                spent = self.spent_example_roles()
+                count = sum(getattr(self.generation, f"{role}_pairs" if role != "prompt" else "prompt_examples")
+                            for role in spent)
+                if count < 8:
+                    raise ValueError(f"hybrid.{name}.weights: \"examples\" would choose on {count} labeled pairs "
+                                     f"({' + '.join(spent)}), fewer than 8; raise them in [generation] or give numbers")
+            if isinstance(hybrid.weights, str) and hybrid.weights.removeprefix("split:") == self.data.split \
+                    and hybrid.weights.startswith("split:"):
+                raise ValueError(f"hybrid.{name}.weights: {hybrid.weights!r} is the evaluation split; weights are "
+                                 "never chosen on it (use a train split or \"examples\")")
 
     def _check_training(self, training: TrainingConfig) -> None:
         self.model_source(training.base_model, where="training.base_model")
@@ -372,6 +468,13 @@ class RunConfig(_Strict):
             if self.generation.targets == "held-out" and examples != corpus:
                 raise ValueError(f"generation.targets = \"held-out\" generates for {examples}'s documents, but the "
                                  f"students train on {corpus}'s corpus: use targets = \"corpus\"")
+
+    def spent_example_roles(self) -> list[str]:
+        """The roles of ``SelectExamples`` whose labeled pairs generation uses: the prompt examples, and SPTAR's
+        tuning and filter pairs when a soft prompt is trained."""
+        assert self.generation is not None
+        sptar = "sptar" in self.generation.prompts
+        return ["prompt", *(["tune", "filter_eval"] if sptar else [])]
 
     def student_teacher_weights(self, section: str) -> dict[str, float]:
         """The ensemble a student distils: its own ``teacher_weights`` (every teacher named: a student may

@@ -40,17 +40,101 @@ def build_report_task(cfg: RunConfig, workdir: Path, data_dir: Path, eval_split:
     generation and training keep their own splits, so settings are selected on train without retraining."""
     entries = [{"name": name, "dataset": dataset_params(cfg, dataset, data_dir), "retriever": retriever_spec(cfg, name)}
                for dataset in cfg.data.datasets for name in cfg.retrievers]
+    # One entry per seed of a student (``seeds``): each its own training task; the report shows mean +- sd.
     if cfg.dense_student is not None:
         settings = training_settings(cfg, data_dir)
-        entries.append({"name": DENSE_STUDENT, "dataset": dict(settings["corpus"]),
-                        "retriever": dense_student_retriever(cfg, settings)})
+        entries += [{"name": DENSE_STUDENT, "dataset": dict(settings["corpus"]), "seed": seed,
+                     "retriever": dense_student_retriever(cfg, settings, seed)}
+                    for seed in cfg.dense_student.training_seeds()]
     if cfg.sparse_student is not None:
         settings = training_settings(cfg, data_dir)
-        entries.append({"name": SPARSE_STUDENT, "dataset": dict(settings["corpus"]),
-                        "retriever": sparse_student_retriever(cfg, settings)})
+        entries += [{"name": SPARSE_STUDENT, "dataset": dict(settings["corpus"]), "seed": seed,
+                     "retriever": sparse_student_retriever(cfg, settings, seed)}
+                    for seed in cfg.sparse_student.training_seeds()]
     if eval_split:
         entries = [{**e, "dataset": {**e["dataset"], "split": eval_split}} for e in entries]
-    return Report(workdir=str(workdir), entries=entries, metrics=list(cfg.eval.metrics))
+    entries += hybrid_entries(cfg, data_dir, entries)
+    from eval.metrics import ignores_identical_ids
+
+    entries = [{**e, "ignore_identical_ids": ignores_identical_ids(e["dataset"]["dataset"],
+                                                                   cfg.data.ignore_identical_ids)} for e in entries]
+    return Report(workdir=str(workdir), entries=entries, metrics=list(cfg.eval.metrics), baselines=baselines(cfg))
+
+
+def baselines(cfg: RunConfig) -> dict[str, str]:
+    """The rows every report row is tested against: the first BM25 retriever and the base dense model (the dense
+    retriever whose model is the dense student's base, else the first dense retriever)."""
+    from pipelines.config import BM25Retriever
+
+    found = {}
+    bm25 = next((name for name, r in cfg.retrievers.items() if isinstance(r, BM25Retriever)), None)
+    if bm25:
+        found[bm25] = bm25
+    dense = {name: cfg.model_source(r.model) for name, r in cfg.retrievers.items() if isinstance(r, DenseRetriever)}
+    student_base = cfg.model_source(cfg.dense_student.base_model) if cfg.dense_student else None
+    base = next((name for name, source in dense.items() if source == student_base), next(iter(dense), None))
+    if base:
+        found[base] = base
+    return found
+
+
+def hybrid_entries(cfg: RunConfig, data_dir: Path, entries: list[dict]) -> list[dict]:
+    """One entry per (``[hybrid.NAME]``, data set where every member has an entry): the members' specs come from
+    ``entries`` (so a student is fused where it is evaluated), the weights fixed or selected (``hybrid_weights``)."""
+    found = []
+    for name, hybrid in cfg.hybrid.items():
+        for dataset in dict.fromkeys(e["dataset"]["dataset"] for e in entries):
+            specs: dict[str, list[dict]] = {}
+            for e in entries:
+                if e["dataset"]["dataset"] == dataset:
+                    specs.setdefault(e["name"], []).append(e)
+            if not all(member in specs for member in hybrid.members):
+                continue
+            dataset_spec = specs[hybrid.members[0]][0]["dataset"]
+            weights = hybrid_weights(cfg, name, data_dir, dataset_spec)
+            # Students trained with several seeds: replica i fuses each member's i-th seed (a one-seed member
+            # serves every replica), so the hybrid row is a mean over seeds too.
+            replicas = max(len(specs[member]) for member in hybrid.members)
+            for i in range(replicas):
+                chosen = {member: specs[member][i % len(specs[member])] for member in hybrid.members}
+                members = {member: {**e["retriever"], "top_k": hybrid.top_k} for member, e in chosen.items()}
+                retriever = {"kind": "hybrid", "members": members, "top_k": hybrid.top_k, "weights": weights}
+                seed = next((e["seed"] for e in chosen.values() if "seed" in e), None) if replicas > 1 else None
+                found.append({"name": name, "dataset": dict(dataset_spec), "retriever": retriever,
+                              **({"seed": seed} if seed is not None else {})})
+    return found
+
+
+def hybrid_weights(cfg: RunConfig, name: str, data_dir: Path, evaluated: dict) -> dict:
+    """``{fixed: weights}`` or ``{select: selection}`` for ``HybridSearch``. The selection never reads the evaluated
+    split: ``examples`` reads the labeled pairs generation spends, ``split:X`` the judged split X of the same data set
+    (refused when X is the evaluated split)."""
+    from pipelines.tasks.generation import SelectExamples, spec
+
+    hybrid = cfg.hybrid[name]
+    if isinstance(hybrid.weights, dict):
+        return {"fixed": {m: float(hybrid.weights[m]) for m in hybrid.members}}
+    if hybrid.weights == "equal":
+        return {"fixed": dict.fromkeys(hybrid.members, 1.0)}
+    from eval.metrics import ignores_identical_ids
+
+    def common_for(dataset: str) -> dict:
+        return {"step": hybrid.grid_step, "metric": "NDCG@10",
+                "ignore_identical_ids": ignores_identical_ids(dataset, cfg.data.ignore_identical_ids)}
+
+    if hybrid.weights == "examples":
+        entry = generation_entries(cfg, data_dir)[0]
+        return {"select": {"kind": "examples", "dataset": entry["examples_dataset"], "gen": spec(SelectExamples, entry),
+                           "roles": cfg.spent_example_roles(), **common_for(entry["examples_dataset"]["dataset"])}}
+    split = hybrid.weights.removeprefix("split:")
+    if split == evaluated["split"]:
+        raise UserError(f"hybrid.{name}.weights: {hybrid.weights!r} is the evaluation split of "
+                        f"{evaluated['dataset']}; weights are never chosen on it (use another split or \"examples\")")
+    if not (data_dir / evaluated["dataset"] / "qrels" / f"{split}.tsv").is_file() \
+            and (data_dir / evaluated["dataset"]).is_dir():
+        raise UserError(f"hybrid.{name}.weights: {evaluated['dataset']} has no judged {split!r} split "
+                        f"({data_dir / evaluated['dataset'] / 'qrels'}); use \"examples\" or numbers")
+    return {"select": {"kind": "split", "dataset": {**evaluated, "split": split}, **common_for(evaluated["dataset"])}}
 
 
 def student_training(cfg: RunConfig, settings: dict, keys: tuple[str, ...], section: str) -> dict:
@@ -59,13 +143,15 @@ def student_training(cfg: RunConfig, settings: dict, keys: tuple[str, ...], sect
     return {**{k: settings[k] for k in keys}, "weights": cfg.student_teacher_weights(section)}
 
 
-def dense_student_retriever(cfg: RunConfig, settings: dict) -> dict:
-    """The dense student as a dense retriever spec: its model comes from TrainDense (``trained``)."""
+def dense_student_retriever(cfg: RunConfig, settings: dict, seed: int | None = None) -> dict:
+    """The dense student (of ``seed``; default the config's ``seed``) as a dense retriever spec: its model comes
+    from TrainDense (``trained``)."""
     from pipelines.tasks.students import STUDENT_KEYS
 
     student = cfg.dense_student
     assert student is not None and cfg.training is not None
-    spec = student.model_dump(exclude={"teacher_weights"})  # they reach TrainDense as its training weights
+    spec = student.model_dump(exclude={"teacher_weights", "seeds"})  # weights reach TrainDense as its training's
+    spec["seed"] = student.seed if seed is None else seed
     spec["base_model"] = cfg.model_source(student.base_model, where="dense_student.base_model")
     spec["guide"] = cfg.model_source(student.guide, where="dense_student.guide") if student.guide \
         else settings["guide_teacher"]["model"]
@@ -75,13 +161,15 @@ def dense_student_retriever(cfg: RunConfig, settings: dict) -> dict:
             "max_seq_length": 0, "top_k": 100}  # the student's own window (the base model's)
 
 
-def sparse_student_retriever(cfg: RunConfig, settings: dict) -> dict:
-    """The sparse student as an impact-index retriever spec: its model comes from TrainSparse (``trained``)."""
+def sparse_student_retriever(cfg: RunConfig, settings: dict, seed: int | None = None) -> dict:
+    """The sparse student (of ``seed``; default the config's ``seed``) as an impact-index retriever spec: its model
+    comes from TrainSparse (``trained``)."""
     from pipelines.tasks.sparse import SPARSE_KEYS
 
     student = cfg.sparse_student
     assert student is not None
-    spec = student.model_dump(exclude={"teacher_weights"})  # they reach TrainSparse as its training weights
+    spec = student.model_dump(exclude={"teacher_weights", "seeds"})  # weights reach TrainSparse as its training's
+    spec["seed"] = student.seed if seed is None else seed
     spec["base_model"] = cfg.model_source(student.base_model, where="sparse_student.base_model")
     return {"kind": "splade", "model": SPARSE_STUDENT,
             "trained": {"training": student_training(cfg, settings, SPARSE_KEYS, "sparse_student"), "student": spec},
@@ -156,12 +244,27 @@ def judged_splits(folder: Path, wanted: list[str]) -> list[str]:
     return present
 
 
-def build_roots(cfg: RunConfig, workdir: Path, data_dir: Path, eval_split: str | None = None) -> list[StageTask]:
-    """The DAG's roots: the evaluation report, and the generation and training-data reports when configured."""
+def only_retrievers(report: Report, names: list[str]) -> Report:
+    """The report restricted to the rows of ``names`` (and so the DAG to what they need)."""
+    known = list(dict.fromkeys(e["name"] for e in report.entries))
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise UserError(f"--retrievers: {unknown[0]!r} is not a retriever of the config ({', '.join(known)})")
+    return Report(workdir=report.workdir, entries=[e for e in report.entries if e["name"] in names],
+                  metrics=report.metrics, baselines=report.baselines)
+
+
+def build_roots(cfg: RunConfig, workdir: Path, data_dir: Path, eval_split: str | None = None,
+                only: list[str] | None = None) -> list[StageTask]:
+    """The DAG's roots: the evaluation report, and the generation and training-data reports when configured.
+    ``only`` keeps the report's rows of those retrievers and drops the other roots."""
     from pipelines.tasks.generation import QueryGenReport
     from pipelines.tasks.training_report import REPORT_KEYS, TrainingDataReport
 
-    roots: list[StageTask] = [build_report_task(cfg, workdir, data_dir, eval_split)]
+    report = build_report_task(cfg, workdir, data_dir, eval_split)
+    if only:
+        return [only_retrievers(report, only)]
+    roots: list[StageTask] = [report]
     if cfg.generation is not None:
         roots.append(QueryGenReport(workdir=str(workdir), entries=generation_entries(cfg, data_dir)))
     if cfg.training is not None:
@@ -216,8 +319,26 @@ def built_indexes(cfg: RunConfig, report: Report):
         dense_model=dense_task.fetch_task().model_dir() if dense_task else None,
         sparse_index=sparse_task.index_task().out_dir if sparse_task else None,
         sparse_model=sparse_task.fetch_task().model_dir() if sparse_task else None,
-        idf=sparse_task.fetch_task().out_dir / "idf.json" if sparse_task else None)
+        idf=sparse_task.fetch_task().out_dir / "idf.json" if sparse_task else None,
+        hybrid=students_hybrid(cfg, report, dataset_name))
     return built, first_query(dataset.out_dir / "queries.jsonl")
+
+
+def students_hybrid(cfg: RunConfig, report: Report, dataset: str) -> dict | None:
+    """The config's fusion of the two students (the first ``[hybrid]`` whose members are exactly the dense and the
+    sparse student), with the weights its run used: ``{name, weights: {dense, sparse}, depth}``."""
+    from pipelines.tasks.retrieval import search_task
+
+    name = next((n for n, h in cfg.hybrid.items() if sorted(h.members) == sorted(STUDENTS)), None)
+    entry = next((e for e in report.entries if e["name"] == name and e["dataset"]["dataset"] == dataset), None)
+    if entry is None:
+        return None
+    task = search_task(report.workdir, dict(entry["dataset"]), dict(entry["retriever"]))
+    if not task.complete():
+        raise UserError(f"export: the hybrid {name} is not built yet; run `stillhouse run` with the same config first")
+    weights = task.member_weights()
+    return {"name": name, "weights": {"dense": weights[DENSE_STUDENT], "sparse": weights[SPARSE_STUDENT]},
+            "depth": task.top_k}
 
 
 def first_query(path: Path) -> str:

@@ -191,3 +191,34 @@ def test_a_student_can_distil_its_own_teacher_weights(tmp_path: Path) -> None:
         bad = shipped.replace(own_line, f"teacher_weights = {weights}\n")
         with pytest.raises(UserError, match=rf"bad\.toml: config: sparse_student\.teacher_weights: {message}"):
             load_config(_config(tmp_path, bad))
+
+
+def test_seeds_train_one_cached_student_each_and_one_seed_is_the_plain_student(tmp_path: Path) -> None:
+    from pipelines.dag import build_report_task, walk
+    from pipelines.tasks.hybrid import HybridSearch
+    from pipelines.tasks.sparse import TrainSparse
+    from pipelines.tasks.students import TrainDense
+
+    shipped = (REPO / "configs" / "scifact.toml").read_text()
+
+    def tasks(text: str) -> dict[type, set[str]]:
+        found: dict[type, set[str]] = {}
+        for task in walk(build_report_task(load_config(_config(tmp_path, text)), tmp_path, tmp_path)):
+            found.setdefault(type(task), set()).add(task.fingerprint())
+        return found
+
+    plain = tasks(shipped)
+    one = tasks(shipped.replace("[dense_student]\n", "[dense_student]\nseeds = [13]\n"))
+    three = tasks(shipped.replace("[dense_student]\n", "[dense_student]\nseeds = [13, 7, 42]\n"))
+    assert one[TrainDense] == plain[TrainDense] and len(plain[TrainDense]) == 1
+    assert len(three[TrainDense]) == 3 and plain[TrainDense] <= three[TrainDense]
+    assert three[TrainSparse] == plain[TrainSparse]  # the other student keeps its one seed
+    # The fused students: one hybrid per dense seed, each pairing it with the one sparse student.
+    assert len(three[HybridSearch]) == len(plain[HybridSearch]) + 2
+    entries = build_report_task(load_config(_config(
+        tmp_path, shipped.replace("[dense_student]\n", "[dense_student]\nseeds = [13, 7, 42]\n"))), tmp_path,
+        tmp_path).entries
+    assert [e["seed"] for e in entries if e["name"] == "dense-student"] == [13, 7, 42]
+    assert [e.get("seed") for e in entries if e["name"] == "fused-students"] == [13, 7, 42]
+    with pytest.raises(UserError, match="dense_student: give seed or seeds, not both"):
+        load_config(_config(tmp_path, shipped.replace("[dense_student]\n", "[dense_student]\nseed = 1\nseeds = [2]\n")))

@@ -25,7 +25,8 @@ def test_smoke_dag_trains_a_student_that_loads_as_a_plain_sentence_transformer(s
     from sentence_transformers import SentenceTransformer
 
     results = report_results(smoke_run)
-    assert set(results) == {"bm25", "all-MiniLM-L6-v2", "splade-tiny", "dense-student", "sparse-student"}
+    assert set(results) == {"bm25", "all-MiniLM-L6-v2", "splade-tiny", "dense-student", "sparse-student",
+                            "fused-students", "base-bm25"}
     assert 0.5 < results["dense-student"]["NDCG@10"] <= 1.0
     (folder,) = (smoke_run / "TrainDense").glob("*/model")
     stats = json.loads((folder.parent / "training.json").read_text())

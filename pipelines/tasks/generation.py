@@ -15,7 +15,7 @@ from pathlib import Path
 import luigi
 
 from pipelines.tasks.base import StageTask
-from pipelines.tasks.data import FetchModel, LoadDataset
+from pipelines.tasks.data import FetchModel, LoadDataset, corpus_only_fingerprint
 from pipelines.tasks.retrieval import BM25Index, DenseIndex
 from retrievers.errors import UserError
 
@@ -211,6 +211,9 @@ class GenerateShard(GenTask):
     def requires(self):
         return [*setup_requirements(self), LoadDataset(workdir=self.workdir, **self.gen["target_dataset"])]
 
+    def upstream_fingerprint(self, task: StageTask) -> str:
+        return corpus_only_fingerprint(task)  # the target data set's corpus only, never its queries or judgements
+
     def build(self, folder: Path) -> None:
         from generators.generate import DecodeSettings
         from generators.lm import load_causal_lm
@@ -241,6 +244,9 @@ class RoundTripRetriever(GenTask):
     def requires(self):
         return [*self.shards(), FetchModel(workdir=self.workdir, source=self.gen["dense_model"]),
                 LoadDataset(workdir=self.workdir, **self.gen["target_dataset"])]
+
+    def upstream_fingerprint(self, task: StageTask) -> str:
+        return corpus_only_fingerprint(task)  # the target data set's corpus only
 
     def build(self, folder: Path) -> None:
         from retrievers.dense import build_corpus_index, document_text, load_sentence_encoder

@@ -72,11 +72,14 @@ class BM25Search(DatasetTask):
     b = luigi.FloatParameter(default=0.4)
     top_k = luigi.IntParameter(default=100)
 
+    def index_task(self) -> BM25Index:
+        return BM25Index(workdir=self.workdir, dataset=self.dataset, multifield=self.multifield)
+
     def requires(self):
-        return [self.dataset_task(), BM25Index(workdir=self.workdir, dataset=self.dataset, multifield=self.multifield)]
+        return [self.dataset_task(), self.index_task()]
 
     def build(self, folder: Path) -> None:
-        index = BM25Index(workdir=self.workdir, dataset=self.dataset, multifield=self.multifield)
+        index = self.index_task()
         queries = self.dataset_task().load().queries
         started = time.perf_counter()
         run = bm25_search(index.out_dir / "index", queries, self.top_k, self.k1, self.b, self.multifield)
@@ -204,4 +207,8 @@ def search_task(workdir: str, dataset: dict, spec: dict) -> StageTask:
         from pipelines.tasks.sparse import ImpactSearch
 
         return ImpactSearch(workdir=workdir, dataset=dataset, **params)
+    if spec["kind"] == "hybrid":
+        from pipelines.tasks.hybrid import HybridSearch
+
+        return HybridSearch(workdir=workdir, dataset=dataset, **params)
     raise ValueError(f"unknown retriever kind {spec['kind']!r}")

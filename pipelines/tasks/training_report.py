@@ -10,6 +10,7 @@ from pathlib import Path
 import luigi
 import numpy as np
 
+from eval.metrics import ignores_identical_ids
 from pipelines.tasks.base import StageTask
 from pipelines.tasks.data import LoadDataset
 from pipelines.tasks.training_data import (
@@ -61,12 +62,18 @@ class RerankStudy(StageTask):
 
     def fingerprint_payload(self) -> dict:
         return {"depth": self.depth, "weights": dict(self.weights), "normalization": self.normalization,
-                "metrics": list(self.metrics), "teachers": sorted(self.teachers)}
+                "metrics": list(self.metrics), "teachers": sorted(self.teachers),
+                "identical_ids": "ignored" if ignores_identical_ids(self.dataset["dataset"]) else "kept"}
 
     def build(self, folder: Path) -> None:
-        from eval.metrics import evaluate_run
+        from eval.metrics import evaluate_run, ignores_identical_ids
         from eval.rerank import run_from_scores, sweep_weights, weight_grid
         from retrievers.ensemble import aggregate, normalize_per_query
+
+        same_ids = ignores_identical_ids(self.dataset["dataset"])
+
+        def evaluate(run, names):
+            return evaluate_run(qrels, run, names, same_ids)
 
         qrels = LoadDataset(workdir=self.workdir, **self.dataset).load().qrels
         table = read_table(RerankPairs(workdir=self.workdir, dataset=self.dataset, depth=self.depth).out_dir
@@ -74,7 +81,7 @@ class RerankStudy(StageTask):
         query_ids, doc_ids = table["query_id"], table["doc_id"]
         metrics = list(self.metrics)
         rows = [{"reranker": f"BM25 top-{self.depth} (first stage)",
-                 "metrics": evaluate_run(qrels, run_from_scores(query_ids, doc_ids, table["bm25"]), metrics)[0]}]
+                 "metrics": evaluate(run_from_scores(query_ids, doc_ids, table["bm25"]), metrics)[0]}]
         columns: dict = {"query_id": query_ids, "doc_id": doc_ids}
         normalized = {}
         for name in self.teachers:
@@ -82,13 +89,14 @@ class RerankStudy(StageTask):
             normalized[name] = normalize_per_query(raw, query_ids, self.normalization)
             columns[f"raw_{name}"], columns[f"norm_{name}"] = raw, normalized[name]
             rows.append({"reranker": f"{name} ({self.teachers[name]['kind']})",
-                         "metrics": evaluate_run(qrels, run_from_scores(query_ids, doc_ids, raw), metrics)[0]})
+                         "metrics": evaluate(run_from_scores(query_ids, doc_ids, raw), metrics)[0]})
         weights = dict(self.weights)
         ensemble = aggregate(normalized, weights)
         columns["ensemble"] = ensemble
         rows.append({"reranker": "ensemble " + ", ".join(f"{k}={v:g}" for k, v in weights.items()),
-                     "metrics": evaluate_run(qrels, run_from_scores(query_ids, doc_ids, ensemble), metrics)[0]})
-        grid = sweep_weights(qrels, query_ids, doc_ids, normalized, metrics[0], weight_grid(list(self.teachers)))
+                     "metrics": evaluate(run_from_scores(query_ids, doc_ids, ensemble), metrics)[0]})
+        grid = sweep_weights(qrels, query_ids, doc_ids, normalized, metrics[0], weight_grid(list(self.teachers)),
+                             same_ids)
         write_table(columns, folder / "rerank.parquet")
         (folder / "rerank.json").write_text(json.dumps({
             "dataset": self.dataset["dataset"], "split": self.dataset["split"], "queries": len(qrels),
@@ -97,7 +105,7 @@ class RerankStudy(StageTask):
 
     def evaluate_weights(self, weights: dict[str, float]) -> dict[str, float]:
         """The ensemble's metrics on this split under other weights (read back from ``rerank.parquet``)."""
-        from eval.metrics import evaluate_run
+        from eval.metrics import evaluate_run, ignores_identical_ids
         from eval.rerank import run_from_scores
         from retrievers.ensemble import aggregate
 
@@ -105,7 +113,7 @@ class RerankStudy(StageTask):
         normalized = {name: table[f"norm_{name}"] for name in self.teachers}
         qrels = LoadDataset(workdir=self.workdir, **self.dataset).load().qrels
         run = run_from_scores(table["query_id"], table["doc_id"], aggregate(normalized, weights))
-        return evaluate_run(qrels, run, list(self.metrics))[0]
+        return evaluate_run(qrels, run, list(self.metrics), ignores_identical_ids(self.dataset["dataset"]))[0]
 
 
 class TrainingDataReport(TrainTask):
