@@ -216,6 +216,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise UserError("search: give a query (or '-' for standard input) or --queries FILE, not both")
     if args.k < 1:
         raise UserError("search --k: give a positive number of documents")
+    if args.out and not args.out.parent.is_dir():
+        raise UserError(f"search --out {args.out}: no folder {args.out.parent}; create it or choose another path")
     queries = read_queries(args.queries) if args.queries else None
     cfg, workdir, roots = _prepare(args)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING)

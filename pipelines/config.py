@@ -23,6 +23,7 @@ from pydantic import (
 
 from eval.metrics import DEFAULT_METRICS, MEASURE_NAMES
 from retrievers.errors import UserError
+from retrievers.hybrid import MIN_SELECTION_QUERIES
 from retrievers.model_sources import ModelSource
 
 
@@ -370,8 +371,9 @@ class HybridConfig(_Strict):
     @field_validator("grid_step")
     @classmethod
     def _divides_one(cls, step: float) -> float:
-        if abs(round(1 / step) * step - 1) > 1e-9:
-            raise ValueError(f"{step} must divide 1 (e.g. 0.1, 0.125, 0.25)")
+        from retrievers.hybrid import check_grid_step
+
+        check_grid_step(step)
         return step
 
 
@@ -441,9 +443,15 @@ class RunConfig(_Strict):
                 spent = self.spent_example_roles()
                 count = sum(getattr(self.generation, f"{role}_pairs" if role != "prompt" else "prompt_examples")
                             for role in spent)
-                if count < 8:
+                if count < MIN_SELECTION_QUERIES:
                     raise ValueError(f"hybrid.{name}.weights: \"examples\" would choose on {count} labeled pairs "
-                                     f"({' + '.join(spent)}), fewer than 8; raise them in [generation] or give numbers")
+                                     f"({' + '.join(spent)}), fewer than {MIN_SELECTION_QUERIES}; raise them in "
+                                     "[generation] or give numbers")
+            seeded = [len(getattr(self, STUDENT_RETRIEVERS[m]).training_seeds()) for m in hybrid.members
+                      if m in STUDENT_RETRIEVERS]
+            if len({n for n in seeded if n > 1}) > 1:
+                raise ValueError(f"hybrid.{name}.members: students with different numbers of seeds; give both "
+                                 "students the same seeds (replica i fuses each student's i-th seed)")
             if isinstance(hybrid.weights, str) and hybrid.weights.removeprefix("split:") == self.data.split \
                     and hybrid.weights.startswith("split:"):
                 raise ValueError(f"hybrid.{name}.weights: {hybrid.weights!r} is the evaluation split; weights are "

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from luigi.task import flatten
 
-from pipelines.config import DenseRetriever, RunConfig, SpladeRetriever
+from pipelines.config import STUDENT_RETRIEVERS, DenseRetriever, RunConfig, SpladeRetriever
 from pipelines.tasks import Report, StageTask
 from retrievers.errors import UserError
 
@@ -28,8 +28,7 @@ def retriever_spec(cfg: RunConfig, name: str) -> dict:
     return spec
 
 
-DENSE_STUDENT = "dense-student"
-SPARSE_STUDENT = "sparse-student"
+DENSE_STUDENT, SPARSE_STUDENT = STUDENT_RETRIEVERS  # the report names of the students (config.STUDENT_RETRIEVERS)
 STUDENTS = (DENSE_STUDENT, SPARSE_STUDENT)
 
 
@@ -83,6 +82,7 @@ def hybrid_entries(cfg: RunConfig, data_dir: Path, entries: list[dict]) -> list[
     ``entries`` (so a student is fused where it is evaluated), the weights fixed or selected (``hybrid_weights``)."""
     found = []
     for name, hybrid in cfg.hybrid.items():
+        skipped: list[str] = []
         for dataset in dict.fromkeys(e["dataset"]["dataset"] for e in entries):
             specs: dict[str, list[dict]] = {}
             for e in entries:
@@ -91,7 +91,12 @@ def hybrid_entries(cfg: RunConfig, data_dir: Path, entries: list[dict]) -> list[
             if not all(member in specs for member in hybrid.members):
                 continue
             dataset_spec = specs[hybrid.members[0]][0]["dataset"]
-            weights = hybrid_weights(cfg, name, data_dir, dataset_spec)
+            try:
+                weights = hybrid_weights(cfg, name, data_dir, dataset_spec)
+            except _NoSelectionSplit as reason:  # split:X on a data set without X (or evaluated on X): no row
+                log.warning("hybrid %s: no row on %s: %s", name, dataset, reason)
+                skipped.append(str(reason))
+                continue
             # Students trained with several seeds: replica i fuses each member's i-th seed (a one-seed member
             # serves every replica), so the hybrid row is a mean over seeds too.
             replicas = max(len(specs[member]) for member in hybrid.members)
@@ -102,7 +107,13 @@ def hybrid_entries(cfg: RunConfig, data_dir: Path, entries: list[dict]) -> list[
                 seed = next((e["seed"] for e in chosen.values() if "seed" in e), None) if replicas > 1 else None
                 found.append({"name": name, "dataset": dict(dataset_spec), "retriever": retriever,
                               **({"seed": seed} if seed is not None else {})})
+        if skipped and not any(e["name"] == name for e in found):
+            raise UserError(f"hybrid.{name}.weights: {skipped[0]}")
     return found
+
+
+class _NoSelectionSplit(Exception):
+    """``split:X`` weights cannot be chosen for one data set (it has no judged X, or X is the evaluated split)."""
 
 
 def hybrid_weights(cfg: RunConfig, name: str, data_dir: Path, evaluated: dict) -> dict:
@@ -112,10 +123,11 @@ def hybrid_weights(cfg: RunConfig, name: str, data_dir: Path, evaluated: dict) -
     from pipelines.tasks.generation import SelectExamples, spec
 
     hybrid = cfg.hybrid[name]
-    if isinstance(hybrid.weights, dict):
-        return {"fixed": {m: float(hybrid.weights[m]) for m in hybrid.members}}
-    if hybrid.weights == "equal":
-        return {"fixed": dict.fromkeys(hybrid.members, 1.0)}
+    if isinstance(hybrid.weights, dict) or hybrid.weights == "equal":
+        # Fixed weights are stored summing to 1: {a = 1, b = 1} and "equal" are the same task.
+        given = hybrid.weights if isinstance(hybrid.weights, dict) else dict.fromkeys(hybrid.members, 1.0)
+        total = sum(given.values())
+        return {"fixed": {m: float(given[m]) / total for m in hybrid.members}}
     from eval.metrics import ignores_identical_ids
 
     def common_for(dataset: str) -> dict:
@@ -124,16 +136,21 @@ def hybrid_weights(cfg: RunConfig, name: str, data_dir: Path, evaluated: dict) -
 
     if hybrid.weights == "examples":
         entry = generation_entries(cfg, data_dir)[0]
+        if {k: entry["examples_dataset"][k] for k in ("dataset", "split")} == \
+                {k: evaluated[k] for k in ("dataset", "split")}:
+            log.warning("hybrid %s: evaluated on %s %s, the split its weights' %d example pairs come from: its score "
+                        "there is optimistic", name, evaluated["dataset"], evaluated["split"],
+                        sum(entry[k] for k in ("prompt_examples", "tune_pairs", "filter_eval_pairs")))
         return {"select": {"kind": "examples", "dataset": entry["examples_dataset"], "gen": spec(SelectExamples, entry),
                            "roles": cfg.spent_example_roles(), **common_for(entry["examples_dataset"]["dataset"])}}
     split = hybrid.weights.removeprefix("split:")
     if split == evaluated["split"]:
-        raise UserError(f"hybrid.{name}.weights: {hybrid.weights!r} is the evaluation split of "
-                        f"{evaluated['dataset']}; weights are never chosen on it (use another split or \"examples\")")
+        raise _NoSelectionSplit(f"{hybrid.weights!r} is the evaluation split of {evaluated['dataset']}; weights are "
+                                "never chosen on it (use another split or \"examples\")")
     if not (data_dir / evaluated["dataset"] / "qrels" / f"{split}.tsv").is_file() \
             and (data_dir / evaluated["dataset"]).is_dir():
-        raise UserError(f"hybrid.{name}.weights: {evaluated['dataset']} has no judged {split!r} split "
-                        f"({data_dir / evaluated['dataset'] / 'qrels'}); use \"examples\" or numbers")
+        raise _NoSelectionSplit(f"{evaluated['dataset']} has no judged {split!r} split "
+                                f"({data_dir / evaluated['dataset'] / 'qrels'}); use \"examples\" or numbers")
     return {"select": {"kind": "split", "dataset": {**evaluated, "split": split}, **common_for(evaluated["dataset"])}}
 
 
@@ -295,7 +312,9 @@ def built_indexes(cfg: RunConfig, report: Report):
     from pipelines.export import BuiltIndexes
     from pipelines.tasks.retrieval import search_task
 
-    by_name = {e["name"]: e for e in report.entries}
+    by_name: dict[str, dict] = {}
+    for e in report.entries:
+        by_name.setdefault(e["name"], e)  # a student trained with several seeds: its first seed's indexes
     # Only the inference-free student's index is served without a model: a siamese SPLADE's queries need one.
     sparse = by_name.get(SPARSE_STUDENT)
     student = by_name.get(DENSE_STUDENT) or sparse
@@ -335,10 +354,12 @@ def students_hybrid(cfg: RunConfig, report: Report, dataset: str) -> dict | None
         return None
     task = search_task(report.workdir, dict(entry["dataset"]), dict(entry["retriever"]))
     if not task.complete():
-        raise UserError(f"export: the hybrid {name} is not built yet; run `stillhouse run` with the same config first")
+        log.warning("export: the hybrid %s is not built yet (run `stillhouse run` first); exporting without it", name)
+        return None
     weights = task.member_weights()
-    return {"name": name, "weights": {"dense": weights[DENSE_STUDENT], "sparse": weights[SPARSE_STUDENT]},
-            "depth": task.top_k}
+    total = weights[DENSE_STUDENT] + weights[SPARSE_STUDENT]  # Milvus's WeightedRanker takes weights in [0, 1]
+    return {"name": name, "weights": {"dense": weights[DENSE_STUDENT] / total,
+                                      "sparse": weights[SPARSE_STUDENT] / total}, "depth": task.top_k}
 
 
 def first_query(path: Path) -> str:

@@ -30,6 +30,7 @@ refused unless ``--force``.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import shutil
@@ -136,9 +137,11 @@ def link_tree(source: Path, target: Path) -> None:
     shutil.copytree(source, target, copy_function=link_or_copy)
 
 
-def dense_is_unit_length(built: BuiltIndexes, tolerance: float = 1e-3) -> bool:
-    """Whether every document vector has unit length (Elasticsearch's ``dot_product`` requires it)."""
-    return all(abs(float(np.linalg.norm(vector)) - 1) <= tolerance for _, vector in iter_dense(built.dense_index))
+@functools.cache
+def dense_is_unit_length(index_dir: Path, tolerance: float = 1e-3) -> bool:
+    """Whether every document vector of a FAISS folder has unit length (Elasticsearch's ``dot_product`` requires
+    it); read once per export, whatever the number of formats."""
+    return all(abs(float(np.linalg.norm(vector)) - 1) <= tolerance for _, vector in iter_dense(index_dir))
 
 
 def manifest(built: BuiltIndexes) -> dict:
@@ -146,7 +149,7 @@ def manifest(built: BuiltIndexes) -> dict:
     payload: dict = {"query_kit": "query/"}
     if built.dense_index:
         payload["dense"] = {"field": "dense", "dimension": dense_dimension(built), "similarity": "inner_product",
-                            "unit_length": dense_is_unit_length(built), "model": "query/dense-model",
+                            "unit_length": dense_is_unit_length(built.dense_index), "model": "query/dense-model",
                             "encode": "SentenceTransformer('query/dense-model').encode_query(texts)"}
     if built.sparse_index:
         payload["sparse"] = {"field": "sparse", "impact_scale": IMPACT_SCALE, "tokenizer": "query/tokenizer",
@@ -160,7 +163,12 @@ def manifest(built: BuiltIndexes) -> dict:
                              "combination": "arithmetic_mean", "weights": built.hybrid["weights"],
                              "depth": built.hybrid["depth"],
                              "rule": "each member's top `depth`, scores min-max normalized per query over that list "
-                                     "(a document a member did not return gets 0 from it), weighted mean"}
+                                     "(a document a member did not return gets 0 from it), weighted mean",
+                             "engines": "OpenSearch's min_max maps a list's lowest score to 0.001 and leaves a "
+                                        "sub-query that missed a document out of its mean; Elasticsearch's minmax "
+                                        "keeps the raw score of a list of equal scores; Milvus's WeightedRanker "
+                                        "normalizes inner products with 0.5 + arctan(s) / pi: rankings are close to "
+                                        "the rule above, not identical"}
     return payload
 
 
@@ -178,8 +186,9 @@ def write_query_kit(built: BuiltIndexes, out: Path) -> None:
 
 FUSION_NOTE = ("Hybrid: take each list's top `depth` (manifest.json), min-max normalize each list's scores per query, "
                "give a document missing from a list 0 for it, and rank by the weighted mean with the manifest's "
-               "weights; `stillhouse search CONFIG \"query\"` does exactly this, and Pyserini's hybrid searcher "
-               "fuses a Lucene and a FAISS searcher the same way with its own weights.\n")
+               "weights; `stillhouse search CONFIG \"query\"` does exactly this; Pyserini's HybridSearcher "
+               "(normalization on, alpha = the sparse weight over the dense one) fuses a Lucene and a FAISS searcher "
+               "with a similar min-max rule.\n")
 
 
 def export_lucene(built: BuiltIndexes, out: Path) -> None:
@@ -303,7 +312,9 @@ def export_opensearch(built: BuiltIndexes, out: Path, index_name: str, example_q
             f"4. Hybrid ({built.hybrid['name']}): OpenSearch: `PUT /_search/pipeline/stillhouse-hybrid` with "
             f"`opensearch-search-pipeline.json`, then `POST /{index_name}/_search?search_pipeline=stillhouse-hybrid` "
             "with `hybrid_opensearch`. Elasticsearch (8.18+): `POST /{index}/_search` with `hybrid_elasticsearch` "
-            "(a `linear` retriever, `minmax` normalizer).\n".replace("{index}", index_name))
+            "(a `linear` retriever, `minmax` normalizer). `pagination_depth` needs OpenSearch 2.19+. Both engines "
+            "normalize at the edges slightly differently from stillhouse (see manifest.json), so rankings are close, "
+            "not identical.\n".replace("{index}", index_name))
     (out / "example-queries.json").write_text(json.dumps(examples, indent=2))
     (out / "README.md").write_text(
         f"# OpenSearch / Elasticsearch\n\n1. `PUT /{index_name}` with `opensearch-mapping.json` (or "

@@ -130,21 +130,25 @@ def read_queries(path: Path) -> dict[str, str]:
     from retrievers.errors import UserError
 
     queries: dict[str, str] = {}
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            if path.suffix == ".jsonl":
-                try:
-                    row = json.loads(line)
-                    queries[str(row["_id"])] = str(row["text"])
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    raise UserError(f"{path}:{number}: not a JSON object with \"_id\" and \"text\"") from None
-            else:
-                query_id, tab, text = line.rstrip("\n").partition("\t")
-                if not tab or not text.strip():
-                    raise UserError(f"{path}:{number}: expected \"id<TAB>query text\" (or give a .jsonl file)")
-                queries[query_id] = text
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read the queries ({exc.__class__.__name__}); give a UTF-8 TSV or JSONL "
+                        "file") from None
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        if path.suffix == ".jsonl":
+            try:
+                row = json.loads(line)
+                queries[str(row["_id"])] = str(row["text"])
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise UserError(f"{path}:{number}: not a JSON object with \"_id\" and \"text\"") from None
+        else:
+            query_id, tab, text = line.rstrip("\n").partition("\t")
+            if not tab or not text.strip():
+                raise UserError(f"{path}:{number}: expected \"id<TAB>query text\" (or give a .jsonl file)")
+            queries[query_id] = text
     if not queries:
         raise UserError(f"{path}: no queries")
     return queries

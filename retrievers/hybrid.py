@@ -11,8 +11,10 @@ min-max), and the fused score is the weighted mean
 
     S(q, d) = sum_m w_m s'_m(q, d) / sum_m w_m.
 
-This is what OpenSearch's ``normalization-processor`` (min_max, arithmetic_mean) and Elasticsearch's ``linear``
-retriever with the ``minmax`` normalizer compute, so an exported hybrid scores as the pipeline does.
+OpenSearch's ``normalization-processor`` (min_max, arithmetic_mean) and Elasticsearch's ``linear`` retriever with
+the ``minmax`` normalizer compute nearly this; they differ at the edges (OpenSearch maps a list's lowest score to
+0.001 and leaves a sub-query that missed a document out of that document's mean; Elasticsearch keeps the raw
+score of a list whose scores are all equal), so an exported hybrid ranks close to, not exactly as, the pipeline.
 
 The weights need no test labels: ``select_weights`` searches a coarse simplex grid (every weight a multiple of
 ``step``, summing to 1) for the point that maximizes a metric over a few judged queries, e.g. the few-shot
@@ -34,6 +36,16 @@ import numpy as np
 
 from retrievers.ensemble import Normalization, aggregate, normalize_per_query
 from retrievers.runs import Run
+
+MIN_SELECTION_QUERIES = 8  # fewer labeled queries than this choose weights by noise: refused
+
+
+def check_grid_step(step: float) -> int:
+    """The number of grid units in 1 (``1 / step``); ValueError unless ``step`` divides 1."""
+    units = round(1 / step)
+    if units < 1 or abs(units * step - 1) > 1e-9:
+        raise ValueError(f"grid step {step} must divide 1 (e.g. 0.1, 0.125, 0.25)")
+    return units
 
 
 def normalized_member(run: Run, method: Normalization = "minmax") -> Run:
@@ -79,9 +91,7 @@ def fuse_runs(runs: dict[str, Run], weights: dict[str, float], depth: int = 100,
 
 def simplex_grid(members: list[str], step: float) -> list[dict[str, float]]:
     """Every weight vector over ``members`` whose entries are multiples of ``step`` and sum to 1."""
-    units = round(1 / step)
-    if units < 1 or not np.isclose(units * step, 1.0):
-        raise ValueError(f"grid step {step} must divide 1 (e.g. 0.1, 0.125, 0.25)")
+    units = check_grid_step(step)
     points = []
     for combo in itertools.product(range(units + 1), repeat=len(members)):
         if sum(combo) == units:

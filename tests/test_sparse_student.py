@@ -359,7 +359,8 @@ def test_a_minilm_sparse_student_warms_up_its_tied_head_through_the_dag(smoke_ru
     result = run_cli("run", str(config), "--data-dir", str(slice_root), "--workdir", str(smoke_run))
     assert result.returncode == 0, result.stderr[-3000:]
     new = {path.split("/")[0] for path in set(task_outputs(smoke_run)) - set(before)}
-    assert new == {"TrainSparse", "ImpactIndex", "ImpactSearch", "Evaluate", "Report"}
+    # The new student, its index and run, and the fused students' weights and run that now include it.
+    assert new == {"TrainSparse", "ImpactIndex", "ImpactSearch", "HybridWeights", "HybridSearch", "Evaluate", "Report"}
     (record,) = [r for r in (json.loads(p.read_text()) for p in (smoke_run / "TrainSparse").glob("*/training.json"))
                  if r.get("mlm_warmup")]
     assert record["mlm_warmup"]["steps"] == 3 and record["mlm_warmup"]["documents"] > 0

@@ -19,11 +19,10 @@ from pipelines.tasks.base import StageTask
 from pipelines.tasks.data import LoadDataset
 from pipelines.tasks.retrieval import DatasetTask, search_task
 from retrievers.errors import UserError
+from retrievers.hybrid import MIN_SELECTION_QUERIES
 from retrievers.runs import read_trec_run, write_trec_run
 
 log = logging.getLogger("stillhouse")
-
-MIN_SELECTION_QUERIES = 8
 
 
 def member_searches(workdir: str, dataset: dict, members: dict, top_k: int) -> dict[str, StageTask]:
