@@ -134,3 +134,13 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory, slice_root: Path) -> Pat
     result = run_cli("run", str(SMOKE), "--data-dir", str(slice_root), "--workdir", str(workdir))
     assert result.returncode == 0, result.stderr[-3000:]
     return workdir
+
+
+@pytest.fixture(scope="session")
+def smoke_export(smoke_run: Path, slice_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``stillhouse export`` of the smoke run, every format (the two students and their fused hybrid)."""
+    target = tmp_path_factory.mktemp("export") / "indexes"
+    result = run_cli("export", str(SMOKE), "--data-dir", str(slice_root), "--workdir", str(smoke_run),
+                     "--to", str(target))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return target

@@ -113,7 +113,12 @@ def test_the_same_config_adapts_a_corpus_without_labels(smoke_run: Path, slice_r
     payload = json.loads((smoke_run / "report" / "results.json").read_text())
     rows = {(r["dataset"], r["retriever"]) for r in payload["results"]}
     assert rows == {("cranfield", name) for name in
-                    ("bm25", "all-MiniLM-L6-v2", "splade-tiny", "dense-student", "sparse-student")}
+                    ("bm25", "all-MiniLM-L6-v2", "splade-tiny", "dense-student", "sparse-student", "fused-students",
+                     "base-bm25")}
+    # Cranfield has no labels: the hybrids' weights come from SciFact's spent example pairs, searched over SciFact by
+    # the same members (the Cranfield students included).
+    chosen = [json.loads(p.read_text()) for p in (smoke_run / "HybridWeights").glob("*/weights.json")]
+    assert chosen and {(c["dataset"], c["split"], c["source"]) for c in chosen} == {("scifact", "train", "examples")}
     # The ablation skips the variant Cranfield cannot give: there are no judged train queries to train on.
     cfg = load_config(config, ["cranfield"])
     assert why_not(cfg, "real-queries", "dense", slice_root) == "cranfield has no judged train split to train on"

@@ -219,35 +219,26 @@ def test_search_before_the_run_names_the_run_to_do(slice_root: Path, tmp_path: P
                                       f"`stillhouse run {SMOKE}` first")
 
 
-@pytest.fixture(scope="module")
-def hybrid_export(smoke_run: Path, slice_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    target = tmp_path_factory.mktemp("hybrid-export") / "out"
-    result = run_cli("export", str(SMOKE), "--data-dir", str(slice_root), "--workdir", str(smoke_run),
-                     "--to", str(target))
-    assert result.returncode == 0, result.stderr[-3000:]
-    return target
-
-
 @pytest.mark.slow
 def test_every_export_carries_the_query_kit_and_the_hybrid(smoke_run: Path, slice_root: Path,
-                                                           hybrid_export: Path) -> None:
+                                                           smoke_export: Path) -> None:
     task = hybrid_task(smoke_run, slice_root, "fused-students")
     weights = json.loads((task.out_dir / "hybrid.json").read_text())["weights"]
     for fmt in ("lucene", "faiss", "opensearch", "milvus"):
-        manifest = json.loads((hybrid_export / fmt / "manifest.json").read_text())
+        manifest = json.loads((smoke_export / fmt / "manifest.json").read_text())
         assert manifest["hybrid"]["weights"] == {"dense": weights["dense-student"],
                                                  "sparse": weights["sparse-student"]}
         assert manifest["sparse"]["impact_scale"] == 100 and manifest["dense"]["dimension"] == 384
         for part in ("query/tokenizer/tokenizer.json", "query/idf.json", "query/dense-model/modules.json"):
-            assert (hybrid_export / fmt / part).is_file(), (fmt, part)
-    pipeline = json.loads((hybrid_export / "opensearch" / "opensearch-search-pipeline.json").read_text())
+            assert (smoke_export / fmt / part).is_file(), (fmt, part)
+    pipeline = json.loads((smoke_export / "opensearch" / "opensearch-search-pipeline.json").read_text())
     processor = pipeline["phase_results_processors"][0]["normalization-processor"]
     assert processor["normalization"]["technique"] == "min_max"
     assert processor["combination"]["technique"] == "arithmetic_mean"
     total = weights["dense-student"] + weights["sparse-student"]
     assert processor["combination"]["parameters"]["weights"] == pytest.approx(
         [weights["sparse-student"] / total, weights["dense-student"] / total])
-    examples = json.loads((hybrid_export / "opensearch" / "example-queries.json").read_text())
+    examples = json.loads((smoke_export / "opensearch" / "example-queries.json").read_text())
     sparse_query, dense_query = examples["hybrid_opensearch"]["query"]["hybrid"]["queries"]
     boosts = {c["rank_feature"]["field"].removeprefix("sparse."): c["rank_feature"]["boost"]
               for c in examples["sparse"]["query"]["bool"]["should"]}
@@ -260,7 +251,7 @@ def test_every_export_carries_the_query_kit_and_the_hybrid(smoke_run: Path, slic
 
 @pytest.mark.slow
 def test_milvus_lite_hybrid_search_runs_and_fuses_its_two_searches(smoke_run: Path, slice_root: Path,
-                                                                   hybrid_export: Path) -> None:
+                                                                   smoke_export: Path) -> None:
     from pymilvus import MilvusClient
     from sentence_transformers import SentenceTransformer
     from transformers import AutoTokenizer
@@ -270,7 +261,7 @@ def test_milvus_lite_hybrid_search_runs_and_fuses_its_two_searches(smoke_run: Pa
     from retrievers.impact_index import idf_query_vector, quantize
     from retrievers.sparse_student import read_idf_json
 
-    folder = hybrid_export / "milvus"
+    folder = smoke_export / "milvus"
     weights = json.loads((folder / "manifest.json").read_text())["hybrid"]["weights"]
     tokenizer = AutoTokenizer.from_pretrained(folder / "query" / "tokenizer")
     idf, vocab = read_idf_json(folder / "query" / "idf.json", tokenizer), tokenizer.get_vocab()
