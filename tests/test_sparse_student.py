@@ -378,9 +378,9 @@ def test_eval_split_scores_the_trained_students_on_train_without_retraining(smok
                      "--eval-split", "train")
     assert result.returncode == 0, result.stderr[-3000:]
     new = {path.split("/")[0] for path in set(task_outputs(smoke_run)) - set(before)}
-    # Only the query side ran on the other split: no generation, training or corpus index.
-    assert {"BM25Search", "DenseSearch", "ImpactSearch", "Evaluate", "Report"} <= new
-    assert new <= {"LoadDataset", "BM25Search", "DenseSearch", "ImpactSearch", "Evaluate", "Report"}
-    assert "### scifact (train, 40 queries)" in (smoke_run / "report" / "results.md").read_text()
+    # Only the query side ran on the other split: no generation, training, corpus index or weight selection.
+    assert {"BM25Search", "DenseSearch", "ImpactSearch", "HybridSearch", "Evaluate", "Report"} <= new
+    assert new <= {"LoadDataset", "BM25Search", "DenseSearch", "ImpactSearch", "HybridSearch", "Evaluate", "Report"}
+    assert "### scifact (train split, 40 queries)" in (smoke_run / "report" / "results.md").read_text()
     assert set(report_results(smoke_run)) == {"bm25", "all-MiniLM-L6-v2", "splade-tiny", "dense-student",
-                                              "sparse-student"}
+                                              "sparse-student", "fused-students", "base-bm25"}
