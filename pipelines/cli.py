@@ -241,7 +241,6 @@ def cmd_search(args: argparse.Namespace) -> int:
     searcher = open_searcher(task)
     print(f"{name} on {choices[0]['dataset']['dataset']}: loaded in {time.perf_counter() - loading:.1f} s",
           file=sys.stderr)
-    corpus = task.dataset_task().out_dir / "corpus.jsonl"
     if queries is not None:
         run, _ = searcher.search(queries, args.k)
         out = args.out or Path("/dev/stdout")
@@ -250,12 +249,12 @@ def cmd_search(args: argparse.Namespace) -> int:
             print(f"{args.out}: {len(run)} queries, top {args.k} each ({name})")
         return 0
     lines = (line.strip() for line in sys.stdin) if args.query == "-" else iter([args.query])
+    names_of = titles(task.dataset_task().out_dir / "corpus.jsonl")  # once, not per query
     for text in (line for line in lines if line):
         started = time.perf_counter()
         run, parts = searcher.search({"q": text}, args.k)
         seconds = time.perf_counter() - started
         hits = run["q"]
-        names_of = titles(corpus, set(hits))
         members = list(parts)
         print(f"# {text}  ({name}, {1000 * seconds:.0f} ms)")
         print("rank\tdoc\tscore" + "".join(f"\t{m}" for m in members) + "\ttitle")

@@ -439,21 +439,16 @@ class RunConfig(_Strict):
             if hybrid.weights == "examples" and self.generation is None:
                 raise ValueError(f"hybrid.{name}.weights: \"examples\" needs a [generation] section (its labeled "
                                  "examples); give \"equal\", numbers or \"split:<name>\"")
-            if hybrid.weights == "examples":
-                spent = self.spent_example_roles()
-                count = sum(getattr(self.generation, f"{role}_pairs" if role != "prompt" else "prompt_examples")
-                            for role in spent)
-                if count < MIN_SELECTION_QUERIES:
-                    raise ValueError(f"hybrid.{name}.weights: \"examples\" would choose on {count} labeled pairs "
-                                     f"({' + '.join(spent)}), fewer than {MIN_SELECTION_QUERIES}; raise them in "
-                                     "[generation] or give numbers")
+            if hybrid.weights == "examples" and self.spent_example_pairs() < MIN_SELECTION_QUERIES:
+                raise ValueError(f"hybrid.{name}.weights: \"examples\" would choose on {self.spent_example_pairs()} "
+                                 f"labeled pairs ({' + '.join(self.spent_example_roles())}), fewer than "
+                                 f"{MIN_SELECTION_QUERIES}; raise them in [generation] or give numbers")
             seeded = [len(getattr(self, STUDENT_RETRIEVERS[m]).training_seeds()) for m in hybrid.members
                       if m in STUDENT_RETRIEVERS]
             if len({n for n in seeded if n > 1}) > 1:
                 raise ValueError(f"hybrid.{name}.members: students with different numbers of seeds; give both "
                                  "students the same seeds (replica i fuses each student's i-th seed)")
-            if isinstance(hybrid.weights, str) and hybrid.weights.removeprefix("split:") == self.data.split \
-                    and hybrid.weights.startswith("split:"):
+            if hybrid.weights == f"split:{self.data.split}":
                 raise ValueError(f"hybrid.{name}.weights: {hybrid.weights!r} is the evaluation split; weights are "
                                  "never chosen on it (use a train split or \"examples\")")
 
@@ -483,6 +478,13 @@ class RunConfig(_Strict):
         assert self.generation is not None
         sptar = "sptar" in self.generation.prompts
         return ["prompt", *(["tune", "filter_eval"] if sptar else [])]
+
+    def spent_example_pairs(self) -> int:
+        """How many labeled pairs those roles hold, as configured."""
+        assert self.generation is not None
+        sizes = {"prompt": self.generation.prompt_examples, "tune": self.generation.tune_pairs,
+                 "filter_eval": self.generation.filter_eval_pairs}
+        return sum(sizes[role] for role in self.spent_example_roles())
 
     def student_teacher_weights(self, section: str) -> dict[str, float]:
         """The ensemble a student distils: its own ``teacher_weights`` (every teacher named: a student may

@@ -140,7 +140,7 @@ def hybrid_weights(cfg: RunConfig, name: str, data_dir: Path, evaluated: dict) -
                 {k: evaluated[k] for k in ("dataset", "split")}:
             log.warning("hybrid %s: evaluated on %s %s, the split its weights' %d example pairs come from: its score "
                         "there is optimistic", name, evaluated["dataset"], evaluated["split"],
-                        sum(entry[k] for k in ("prompt_examples", "tune_pairs", "filter_eval_pairs")))
+                        cfg.spent_example_pairs())
         return {"select": {"kind": "examples", "dataset": entry["examples_dataset"], "gen": spec(SelectExamples, entry),
                            "roles": cfg.spent_example_roles(), **common_for(entry["examples_dataset"]["dataset"])}}
     split = hybrid.weights.removeprefix("split:")

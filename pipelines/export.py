@@ -255,14 +255,13 @@ def neural_sparse_query(query_vector: dict[str, int]) -> dict:
 def opensearch_hybrid(hybrid: dict, sparse_vector: dict[str, int], dense_vector: list[float], k: int = 10
                       ) -> tuple[dict, dict]:
     """The search pipeline (``normalization-processor``) and the ``hybrid`` query: sub-queries sparse, then dense,
-    so the weights are listed in that order."""
-    weights = [hybrid["weights"]["sparse"], hybrid["weights"]["dense"]]
-    total = sum(weights)
+    so the weights (summing to 1, ``pipelines.dag.students_hybrid``) are listed in that order."""
     pipeline = {"description": f"stillhouse hybrid {hybrid['name']}: min-max per sub-query, weighted mean",
                 "phase_results_processors": [{"normalization-processor": {
                     "normalization": {"technique": "min_max"},
                     "combination": {"technique": "arithmetic_mean",
-                                    "parameters": {"weights": [w / total for w in weights]}}}}]}
+                                    "parameters": {"weights": [hybrid["weights"]["sparse"],
+                                                               hybrid["weights"]["dense"]]}}}}]}
     depth = hybrid["depth"]
     query = {"size": k, "query": {"hybrid": {"pagination_depth": depth, "queries": [
         neural_sparse_query(sparse_vector), {"knn": {"dense": {"vector": dense_vector, "k": depth}}}]}}}
@@ -355,7 +354,7 @@ def export_milvus(built: BuiltIndexes, out: Path) -> None:
     for row in documents(built):
         vectors = {}
         if "sparse" in row:
-            vectors["sparse"] = {vocab[t]: v / IMPACT_SCALE for t, v in row["sparse"].items()}
+            vectors["sparse"] = milvus_sparse(row["sparse"], vocab)
         if "dense" in row:
             vectors["dense"] = row["dense"].astype(np.float32).tolist()
         for name, fields in collections.items():
@@ -382,6 +381,11 @@ def export_milvus(built: BuiltIndexes, out: Path) -> None:
             "pipeline's.\n" if hybrid else ""))
 
 
+def milvus_sparse(impacts: dict[str, int], vocab: dict[str, int]) -> dict[int, float]:
+    """Integer impacts by token as Milvus's sparse vector: {token id: weight} (impact / IMPACT_SCALE)."""
+    return {vocab[t]: v / IMPACT_SCALE for t, v in impacts.items()}
+
+
 def milvus_hybrid_run(folder: Path, queries: dict[str, str], k: int = 10) -> dict[str, dict[str, float]]:
     """Answer ``queries`` with the Milvus export in ``folder`` (``<export>/milvus``) the way a service would: query
     vectors built from its ``query/`` kit alone (tokenizer + idf.json, the dense model), then Milvus's weighted
@@ -390,7 +394,7 @@ def milvus_hybrid_run(folder: Path, queries: dict[str, str], k: int = 10) -> dic
     from sentence_transformers import SentenceTransformer
     from transformers import AutoTokenizer
 
-    from retrievers.impact_index import idf_query_vector, quantize
+    from retrievers.impact_index import IdfQueryEncoder
     from retrievers.sparse_student import read_idf_json
 
     manifest_json = json.loads((folder / "manifest.json").read_text())
@@ -398,14 +402,15 @@ def milvus_hybrid_run(folder: Path, queries: dict[str, str], k: int = 10) -> dic
     if hybrid is None:
         raise UserError(f"{folder}: the export has no hybrid (its config fuses no dense and sparse student)")
     tokenizer = AutoTokenizer.from_pretrained(folder / "query" / "tokenizer")
-    idf, vocab = read_idf_json(folder / "query" / "idf.json", tokenizer), tokenizer.get_vocab()
+    encoder, vocab = IdfQueryEncoder(tokenizer, read_idf_json(folder / "query" / "idf.json", tokenizer)), \
+        tokenizer.get_vocab()
     dense_model = SentenceTransformer(str(folder / "query" / "dense-model"), device="cpu")
     client = MilvusClient(uri=str(folder / "stillhouse.db"))
     client.load_collection("hybrid")  # a reopened database starts with its collections released
     run = {}
     try:
         for query_id, text in queries.items():
-            sparse = {vocab[t]: v / IMPACT_SCALE for t, v in quantize(idf_query_vector(tokenizer, idf, text)).items()}
+            sparse = milvus_sparse(encoder.encode(text), vocab)
             dense = dense_model.encode_query([text])[0].tolist()
             run[query_id] = milvus_hybrid_search(client, sparse, dense, hybrid["weights"], k, hybrid["depth"])
     finally:

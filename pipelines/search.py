@@ -154,13 +154,12 @@ def read_queries(path: Path) -> dict[str, str]:
     return queries
 
 
-def titles(corpus: Path, wanted: set[str]) -> dict[str, str]:
-    """The titles of ``wanted`` documents, read from a BEIR ``corpus.jsonl`` line by line."""
+def titles(corpus: Path) -> dict[str, str]:
+    """Every document's title (or the start of its text), read once from a BEIR ``corpus.jsonl``."""
     found: dict[str, str] = {}
     with open(corpus, encoding="utf-8") as handle:
         for line in handle:
             if line.strip():
                 doc = json.loads(line)
-                if doc["_id"] in wanted:
-                    found[doc["_id"]] = doc.get("title") or doc.get("text", "")[:80]
+                found[doc["_id"]] = doc.get("title") or doc.get("text", "")[:80]
     return found

@@ -31,6 +31,11 @@ def member_searches(workdir: str, dataset: dict, members: dict, top_k: int) -> d
     return {name: search_task(workdir, dataset, {**dict(spec), "top_k": top_k}) for name, spec in members.items()}
 
 
+def member_runs(searches: dict[str, StageTask]) -> dict:
+    """Each member's TREC run, by member name."""
+    return {name: read_trec_run(task.out_dir / "run.trec") for name, task in searches.items()}
+
+
 class HybridWeights(StageTask):
     """The simplex-grid weights that maximize NDCG@10 on the selection queries: the labeled pairs the run's
     generation already spends (``examples``), or a judged split other than the evaluation split (``split``)."""
@@ -90,7 +95,7 @@ class HybridWeights(StageTask):
             raise UserError(f"hybrid weights: {self.selection['kind']} gives {len(qrels)} labeled queries on {where}, "
                             f"fewer than {MIN_SELECTION_QUERIES}; raise [generation] prompt_examples/tune_pairs/"
                             "filter_eval_pairs, or give the weights as numbers")
-        runs = {name: read_trec_run(task.out_dir / "run.trec") for name, task in self.searches().items()}
+        runs = member_runs(self.searches())
         choice = select_weights(runs, qrels, self.selection["step"], self.selection["metric"], self.top_k,
                                 ignore_identical_ids=self.selection.get("ignore_identical_ids", False))
         log.info("hybrid weights from %d %s of %s: %s (%s %.4f)", len(qrels),
@@ -144,7 +149,7 @@ class HybridSearch(DatasetTask):
     def build(self, folder: Path) -> None:
         from retrievers.hybrid import fuse_runs
 
-        runs = {name: read_trec_run(task.out_dir / "run.trec") for name, task in self.searches().items()}
+        runs = member_runs(self.searches())
         weights = self.member_weights()
         started = time.perf_counter()
         fused, _ = fuse_runs(runs, {m: w for m, w in weights.items() if w > 0}, self.top_k)
