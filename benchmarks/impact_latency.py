@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 from benchmarks.common import add_data_arguments
-from eval.beir_data import load_beir
-from retrievers.impact_index import IdfQueryEncoder, idf_query_vector
+from stillhouse.eval.beir_data import load_beir
+from stillhouse.retrievers.impact_index import IdfQueryEncoder, idf_query_vector
 
 
 def timed_searches(search, queries: list[str], repeats: int) -> list[float]:
@@ -45,14 +45,14 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=100)
     args = parser.parse_args()
 
-    from retrievers.lucene_runtime import ensure_pyserini
+    from stillhouse.retrievers.lucene_runtime import ensure_pyserini
 
     ensure_pyserini()
     from pyserini.search.lucene import LuceneImpactSearcher, LuceneSearcher
     from transformers import AutoTokenizer
 
-    from pipelines.export import sparse_tokenizer_dir
-    from retrievers.sparse_student import read_idf_json
+    from stillhouse.pipelines.export import sparse_tokenizer_dir
+    from stillhouse.retrievers.sparse_student import read_idf_json
 
     queries = list(load_beir(args.data / args.dataset, "test").queries.values())
     tokenizer = AutoTokenizer.from_pretrained(sparse_tokenizer_dir(args.student / "model"))

@@ -1,8 +1,8 @@
 """Query cost of every built retriever and hybrid of a run, on one CPU thread, in one process: ``python -m
 benchmarks.query_cost configs/scifact.toml --data-dir ../shared/beir``.
 
-Each retriever is opened as ``stillhouse search`` opens it (``pipelines.search.open_searcher``: models and indexes
-loaded once) and answers the same judged queries one at a time, top-100 from each member, after a warm-up pass:
+Each retriever is opened as ``stillhouse search`` opens it (``stillhouse.pipelines.search.open_searcher``: models and
+indexes loaded once) and answers the same judged queries one at a time, top-100 from each member, after a warm-up pass:
 the time is query encoding + search + fusion, what one user query costs. torch and Lucene are held to one thread.
 Prints a table (mean and median ms per query, ratio of the mean to BM25's) and writes it as JSON with ``--out``;
 retrievers that are not built yet are listed as skipped.
@@ -34,9 +34,9 @@ def main() -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
 
-    from pipelines.cli import _prepare
-    from pipelines.search import open_searcher
-    from pipelines.tasks.retrieval import search_task
+    from stillhouse.pipelines.cli import _prepare
+    from stillhouse.pipelines.search import open_searcher
+    from stillhouse.pipelines.tasks.retrieval import search_task
 
     torch.set_num_threads(1)
     args.datasets, args.retrievers, args.eval_split = None, None, None
@@ -68,7 +68,7 @@ def main() -> None:
     if skipped:
         print(f"\nnot built yet (skipped): {', '.join(skipped)}")
     if args.out:
-        from pipelines.artifacts import write_json_atomic
+        from stillhouse.pipelines.artifacts import write_json_atomic
 
         write_json_atomic(args.out, {"dataset": dataset, "baseline": args.baseline, "rows": rows,
                                      "skipped": skipped, "machine": platform.platform()})

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import add_data_arguments, add_split_arguments, checked_splits
-from eval.beir_data import BeirDataset, load_beir
-from pipelines.artifacts import write_json_atomic
-from retrievers.dense import document_text
+from stillhouse.eval.beir_data import BeirDataset, load_beir
+from stillhouse.pipelines.artifacts import write_json_atomic
+from stillhouse.retrievers.dense import document_text
 
 
 def add_grid_arguments(parser: argparse.ArgumentParser, task: str, section: str, scratch: str) -> None:

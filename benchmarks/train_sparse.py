@@ -4,7 +4,8 @@ For a GPU machine that has no Lucene or luigi, as ``benchmarks.train_dense`` is 
 setting of a grid it runs the functions the ``TrainSparse`` task runs (``student_triples``, ``corpus_idf``,
 ``train_sparse_student``) on a TASTriples table copied from a work dir, then encodes the corpus through the
 student's document route and the queries of the given splits through its query route (the IDF lookup, no
-model), quantizes both to the integer impacts the Lucene index stores (``retrievers.impact_index.quantize``) and
+model), quantizes both to the integer impacts the Lucene index stores
+(``stillhouse.retrievers.impact_index.quantize``) and
 keeps the exact top-100 of their sum of products: Lucene's impact score, without Lucene (ties may order
 differently). It writes ``runs.npz`` in ``benchmarks.train_dense``'s layout, so ``python -m
 benchmarks.train_dense_eval`` scores it with the pipeline's own metrics, and ``stages.json`` (wall times, terms
@@ -22,10 +23,10 @@ import numpy as np
 import scipy.sparse as sp
 
 from benchmarks.student_grid import add_grid_arguments, load_grid_inputs, timed
-from retrievers.dense import document_text
-from retrievers.distill_dense import student_triples
-from retrievers.impact_index import IMPACT_SCALE, corpus_idf
-from retrievers.sparse_student import (
+from stillhouse.retrievers.dense import document_text
+from stillhouse.retrievers.distill_dense import student_triples
+from stillhouse.retrievers.impact_index import IMPACT_SCALE, corpus_idf
+from stillhouse.retrievers.sparse_student import (
     encode_batched,
     load_inference_free_encoder,
     masked_lm_folder,

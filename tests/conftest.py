@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from eval.beir_data import copy_slice
+from stillhouse.eval.beir_data import copy_slice
 
 REPO = Path(__file__).resolve().parents[1]
 BEIR_DIR = Path(os.environ.get("STILLHOUSE_BEIR_DIR", REPO.parent / "shared" / "beir")).resolve()
@@ -34,7 +34,7 @@ def beir_dir() -> Path:
 @pytest.fixture(scope="session")
 def smollm2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """SmolLM2-135M-Instruct de-quantized from its GGUF wheel."""
-    from retrievers.model_sources import ModelSource, materialize
+    from stillhouse.retrievers.model_sources import ModelSource, materialize
 
     folder = tmp_path_factory.mktemp("smollm2") / "model"
     materialize(ModelSource.parse(SMOLLM2), folder)
@@ -43,7 +43,7 @@ def smollm2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def minilm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from retrievers.model_sources import ModelSource, materialize
+    from stillhouse.retrievers.model_sources import ModelSource, materialize
 
     folder = tmp_path_factory.mktemp("minilm") / "model"
     materialize(ModelSource.parse(MINILM), folder)
@@ -85,13 +85,13 @@ shards = {shards}
 
 def run_cli(*args: str, timeout: float = 900, **popen) -> subprocess.CompletedProcess:
     """The real ``stillhouse`` entry point in a fresh process."""
-    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "stillhouse", *args], capture_output=True, text=True,
                           timeout=timeout, cwd=REPO, **popen)
 
 
 def run_until_then_kill(config: Path, ready, timeout: float = 900) -> None:
     """Start ``stillhouse run CONFIG``, wait until ``ready()`` is true, then SIGKILL its process group."""
-    process = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "run", str(config)], cwd=REPO,
+    process = subprocess.Popen([sys.executable, "-m", "stillhouse", "run", str(config)], cwd=REPO,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + timeout
     while not ready() and time.time() < deadline and process.poll() is None:

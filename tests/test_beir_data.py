@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from eval.beir_data import copy_slice, load_beir, resolve_dataset_dir
-from retrievers.errors import UserError
+from stillhouse.eval.beir_data import copy_slice, load_beir, resolve_dataset_dir
+from stillhouse.retrievers.errors import UserError
 
 
 def test_scifact_counts(beir_dir: Path) -> None:

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.config import load_config
-from retrievers.errors import UserError
-from retrievers.model_sources import ModelSource
+from stillhouse.pipelines.config import load_config
+from stillhouse.retrievers.errors import UserError
+from stillhouse.retrievers.model_sources import ModelSource
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -90,8 +90,8 @@ def test_prompt_examples_are_capped_at_eight(tmp_path: Path) -> None:
 def test_settings_a_task_does_not_read_leave_its_fingerprint_alone(tmp_path: Path) -> None:
     """Round-trip fine-tuning settings enter FilterQueries' identity only when the round trip is "trained", and
     decoding settings added later are left out at their neutral value (cached outputs keep their folders)."""
-    from pipelines.dag import generation_entries
-    from pipelines.tasks.generation import FilterQueries, GenerateShard, RoundTripRetriever, spec
+    from stillhouse.pipelines.dag import generation_entries
+    from stillhouse.pipelines.tasks.generation import FilterQueries, GenerateShard, RoundTripRetriever, spec
 
     def task_ids(extra: str) -> tuple[str, str]:
         cfg = load_config(_config(tmp_path, BASE + GENERATION + extra))
@@ -139,11 +139,11 @@ def test_a_student_can_distil_its_own_teacher_weights(tmp_path: Path) -> None:
     """``teacher_weights`` gives one student its own ensemble: it gets its own EnsembleScores and TASTriples, shares
     every task before them, and is the same task as the single-teacher ablation's student when it keeps the guide
     alone; the other student and every fingerprint of a config without it stay as they were."""
-    from pipelines.ablation import VARIANTS, default_variants, why_not
-    from pipelines.dag import build_report_task, walk
-    from pipelines.tasks.sparse import TrainSparse
-    from pipelines.tasks.students import TrainDense
-    from pipelines.tasks.training_data import EnsembleScores, GuideFilter, TASTriples
+    from stillhouse.pipelines.ablation import VARIANTS, default_variants, why_not
+    from stillhouse.pipelines.dag import build_report_task, walk
+    from stillhouse.pipelines.tasks.sparse import TrainSparse
+    from stillhouse.pipelines.tasks.students import TrainDense
+    from stillhouse.pipelines.tasks.training_data import EnsembleScores, GuideFilter, TASTriples
 
     own_line = "teacher_weights = { mpnet = 1.0, splade = 0.0, bm25 = 0.0 }\n"
     shipped = (REPO / "configs" / "scifact.toml").read_text()
@@ -194,10 +194,10 @@ def test_a_student_can_distil_its_own_teacher_weights(tmp_path: Path) -> None:
 
 
 def test_seeds_train_one_cached_student_each_and_one_seed_is_the_plain_student(tmp_path: Path) -> None:
-    from pipelines.dag import build_report_task, walk
-    from pipelines.tasks.hybrid import HybridSearch
-    from pipelines.tasks.sparse import TrainSparse
-    from pipelines.tasks.students import TrainDense
+    from stillhouse.pipelines.dag import build_report_task, walk
+    from stillhouse.pipelines.tasks.hybrid import HybridSearch
+    from stillhouse.pipelines.tasks.sparse import TrainSparse
+    from stillhouse.pipelines.tasks.students import TrainDense
 
     shipped = (REPO / "configs" / "scifact.toml").read_text()
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from generators.generate import DocumentSpanBlocker, GeneratedNGramBlocker, shared_prefix
+from stillhouse.generators.generate import DocumentSpanBlocker, GeneratedNGramBlocker, shared_prefix
 
 
 def test_shared_prefix_leaves_every_prompt_a_token_of_its_own() -> None:
@@ -47,7 +47,7 @@ def test_prefix_sharing_with_a_sliding_window(smollm2_dir: Path) -> None:
     row fits the window, and there it decodes exactly what whole prompts decode."""
     from transformers import AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig
 
-    from generators.generate import DecodeSettings, exact_with_padding_inside, generate
+    from stillhouse.generators.generate import DecodeSettings, exact_with_padding_inside, generate
 
     tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token

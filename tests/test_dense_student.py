@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines.ablation import why_not
-from pipelines.config import load_config
-from retrievers.distill_dense import select_rows
-from retrievers.tas import tas_balanced_sampler
+from stillhouse.pipelines.ablation import why_not
+from stillhouse.pipelines.config import load_config
+from stillhouse.retrievers.distill_dense import select_rows
+from stillhouse.retrievers.tas import tas_balanced_sampler
 
 from .conftest import SMOKE, report_results, run_cli, run_until_then_kill, task_outputs, write_config
 from .test_training_data import one_error_line
@@ -178,7 +178,7 @@ def test_tas_sampler_factory_survives_the_trainers_checkpoint_pickle() -> None:
 
 
 def test_slice_command_cuts_a_loadable_slice_and_never_overwrites(tmp_path: Path, beir_dir: Path) -> None:
-    from eval.beir_data import load_beir
+    from stillhouse.eval.beir_data import load_beir
 
     target = tmp_path / "scifact"
     result = run_cli("slice", str(beir_dir / "scifact"), str(target), "--docs", "120", "--queries", "10")

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from eval.beir_data import load_beir
-from generators.examples import document_text, labeled_pairs
-from generators.roundtrip import source_ranks
-from retrievers.dense import build_corpus_index, dense_search, load_sentence_encoder
-from retrievers.errors import UserError
-from retrievers.finetune import finetune_on_pairs
+from stillhouse.eval.beir_data import load_beir
+from stillhouse.generators.examples import document_text, labeled_pairs
+from stillhouse.generators.roundtrip import source_ranks
+from stillhouse.retrievers.dense import build_corpus_index, dense_search, load_sentence_encoder
+from stillhouse.retrievers.errors import UserError
+from stillhouse.retrievers.finetune import finetune_on_pairs
 
 pytestmark = pytest.mark.slow
 

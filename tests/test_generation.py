@@ -8,16 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from eval.beir_data import load_beir
-from generators.examples import labeled_pairs, split_examples
-from generators.generate import DecodeSettings, generate, shared_prefix
-from generators.lm import load_causal_lm
-from generators.nll import target_nll
-from generators.prompts import PromptBuilder
-from generators.query_gen import PromptSetup, generate_rows
-from generators.soft_prompt import SoftPromptSettings, load_soft_prompt, train_soft_prompt
-from retrievers.errors import UserError
-from retrievers.model_sources import ModelSource, materialize
+from stillhouse.eval.beir_data import load_beir
+from stillhouse.generators.examples import labeled_pairs, split_examples
+from stillhouse.generators.generate import DecodeSettings, generate, shared_prefix
+from stillhouse.generators.lm import load_causal_lm
+from stillhouse.generators.nll import target_nll
+from stillhouse.generators.prompts import PromptBuilder
+from stillhouse.generators.query_gen import PromptSetup, generate_rows
+from stillhouse.generators.soft_prompt import SoftPromptSettings, load_soft_prompt, train_soft_prompt
+from stillhouse.retrievers.errors import UserError
+from stillhouse.retrievers.model_sources import ModelSource, materialize
 
 from .conftest import MINILM
 
@@ -67,7 +67,7 @@ def test_soft_prompt_for_another_lm_is_refused(smollm2, examples, tmp_path: Path
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from generators.lm import CausalLM
+    from stillhouse.generators.lm import CausalLM
 
     tiny_dir = tmp_path / "tiny-llama"
     tokenizer = AutoTokenizer.from_pretrained(smollm2.model_dir)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from retrievers.hybrid import fuse_runs, select_weights, simplex_grid
-from retrievers.runs import read_trec_run
+from stillhouse.retrievers.hybrid import fuse_runs, select_weights, simplex_grid
+from stillhouse.retrievers.runs import read_trec_run
 
 from .conftest import SMOKE, report_results, run_cli, write_config
 from .test_training_data import one_error_line
@@ -109,9 +109,9 @@ def test_split_weights_on_a_data_set_without_that_split_is_one_error_line(tmp_pa
 
 
 def hybrid_task(workdir: Path, data_dir: Path, name: str, dataset: str = "scifact"):
-    from pipelines.config import load_config
-    from pipelines.dag import build_report_task
-    from pipelines.tasks.retrieval import search_task
+    from stillhouse.pipelines.config import load_config
+    from stillhouse.pipelines.dag import build_report_task
+    from stillhouse.pipelines.tasks.retrieval import search_task
 
     report = build_report_task(load_config(SMOKE), workdir, data_dir)
     entry = next(e for e in report.entries if e["name"] == name and e["dataset"]["dataset"] == dataset)
@@ -256,10 +256,10 @@ def test_milvus_lite_hybrid_search_runs_and_fuses_its_two_searches(smoke_run: Pa
     from sentence_transformers import SentenceTransformer
     from transformers import AutoTokenizer
 
-    from eval.metrics import evaluate_run
-    from pipelines.export import milvus_hybrid_run, milvus_hybrid_search
-    from retrievers.impact_index import idf_query_vector, quantize
-    from retrievers.sparse_student import read_idf_json
+    from stillhouse.eval.metrics import evaluate_run
+    from stillhouse.pipelines.export import milvus_hybrid_run, milvus_hybrid_search
+    from stillhouse.retrievers.impact_index import idf_query_vector, quantize
+    from stillhouse.retrievers.sparse_student import read_idf_json
 
     folder = smoke_export / "milvus"
     weights = json.loads((folder / "manifest.json").read_text())["hybrid"]["weights"]

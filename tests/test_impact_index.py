@@ -9,18 +9,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from eval.beir_data import load_beir
-from retrievers.dense import document_text
-from retrievers.errors import UserError
-from retrievers.impact_index import (
+from stillhouse.eval.beir_data import load_beir
+from stillhouse.retrievers.dense import document_text
+from stillhouse.retrievers.errors import UserError
+from stillhouse.retrievers.impact_index import (
     build_impact_index,
     corpus_idf,
     idf_query_vector,
     impact_search,
     write_vector_collection,
 )
-from retrievers.model_sources import ModelSource, materialize
-from retrievers.teachers import encode_sparse_documents, load_sparse_encoder
+from stillhouse.retrievers.model_sources import ModelSource, materialize
+from stillhouse.retrievers.teachers import encode_sparse_documents, load_sparse_encoder
 
 from .conftest import SPLADE_TINY
 
@@ -36,7 +36,7 @@ def test_impact_index_matches_exact_scores(slice_root: Path, tmp_path: Path) -> 
     tokenizer = load_sparse_encoder(model_dir).tokenizer
     with pytest.raises(UserError, match="max_seq_length 1024 is past the model's 512 positions"):
         load_sparse_encoder(model_dir, 1024)  # SPLADE-tiny's position table ends at 512
-    from retrievers.sparse_student import SparseStudentSettings, train_sparse_student
+    from stillhouse.retrievers.sparse_student import SparseStudentSettings, train_sparse_student
 
     with pytest.raises(UserError, match="max_seq_length 1024 is past the model's 512 positions"):  # before training
         train_sparse_student(model_dir, np.ones(len(tokenizer), dtype=np.float32), {"query_id": ["1"]},

@@ -42,7 +42,7 @@ def test_two_workers_under_luigid_match_single_process(tmp_path: Path, slice_roo
         _wait_for_port(port)
         work = tmp_path / "work"
         config = write_config(tmp_path / "run.toml", work, slice_root)
-        command = [sys.executable, "-m", "pipelines.cli", "run", str(config),
+        command = [sys.executable, "-m", "stillhouse", "run", str(config),
                    "--scheduler-url", f"http://127.0.0.1:{port}"]
         workers = [subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                    for _ in range(2)]

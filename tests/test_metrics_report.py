@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from eval.metrics import evaluate_run
-from eval.report import ResultRow, write_report
-from retrievers.errors import UserError
+from stillhouse.eval.metrics import evaluate_run
+from stillhouse.eval.report import ResultRow, write_report
+from stillhouse.retrievers.errors import UserError
 
 
 def test_metric_values_match_their_definitions() -> None:
@@ -48,7 +48,7 @@ def test_report_files(tmp_path: Path) -> None:
 
 def test_graded_ndcg_and_the_identical_id_rule_against_hand_computed_values() -> None:
     """Cranfield-style grades (gain = grade, trec_eval's nDCG) with a judged document whose id is the query's."""
-    from eval.metrics import ignores_identical_ids
+    from stillhouse.eval.metrics import ignores_identical_ids
 
     qrels = {"1": {"1": 4, "d2": 1}}
     run = {"1": {"d2": 3.0, "1": 2.0, "d3": 1.0}}
@@ -66,7 +66,7 @@ def test_graded_ndcg_and_the_identical_id_rule_against_hand_computed_values() ->
 def test_report_evidence_is_scipys_paired_t_test_and_t_interval(tmp_path: Path) -> None:
     from scipy import stats
 
-    from eval.report import add_evidence, merge_seeds
+    from stillhouse.eval.report import add_evidence, merge_seeds
 
     per_query = {
         "bm25": {"q1": 0.2, "q2": 0.5, "q3": 0.9, "q4": 0.4, "q5": 0.0},

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from retrievers.errors import UserError
-from retrievers.model_sources import ModelSource, file_manifest, materialize, verify_manifest
+from stillhouse.retrievers.errors import UserError
+from stillhouse.retrievers.model_sources import ModelSource, file_manifest, materialize, verify_manifest
 
 from .conftest import MINILM
 
 
 def test_minilm_wheel_materializes_and_loads(tmp_path: Path) -> None:
-    from retrievers.dense import encode, load_sentence_encoder
+    from stillhouse.retrievers.dense import encode, load_sentence_encoder
 
     materialize(ModelSource.parse(MINILM), tmp_path / "model")
     assert (tmp_path / "model" / "modules.json").is_file()

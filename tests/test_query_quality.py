@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from eval.beir_data import load_beir
-from generators.examples import document_text, labeled_pairs, split_examples
-from generators.quality import clean_query, copies_document, copies_example, degenerate_reason
+from stillhouse.eval.beir_data import load_beir
+from stillhouse.generators.examples import document_text, labeled_pairs, split_examples
+from stillhouse.generators.quality import clean_query, copies_document, copies_example, degenerate_reason
 
 
 def test_real_queries_are_rarely_flagged_and_verbatim_sentences_always(beir_dir: Path) -> None:
@@ -46,7 +46,7 @@ def test_example_roles_are_disjoint(beir_dir: Path) -> None:
 def test_ngram_blocker_only_looks_at_generated_tokens() -> None:
     import torch
 
-    from generators.generate import GeneratedNGramBlocker
+    from stillhouse.generators.generate import GeneratedNGramBlocker
 
     blocker = GeneratedNGramBlocker(prompt_width=3, n=2)
     # prompt [5, 6, 5] then generated [6, 7, 6]: the bigram (6, 7) was generated, so 7 is banned after 6;

@@ -11,7 +11,7 @@ import jsonschema
 import numpy as np
 import pytest
 
-from retrievers.runs import read_trec_run
+from stillhouse.retrievers.runs import read_trec_run
 
 from .conftest import SMOKE, report_results, run_cli, task_outputs
 from .test_training_data import one_error_line
@@ -21,9 +21,9 @@ pytestmark = pytest.mark.slow
 
 def student_search(smoke_run: Path, slice_root: Path, name: str):
     """The search task of a student of configs/smoke.toml (``dense-student`` or ``sparse-student``), from the DAG."""
-    from pipelines.config import load_config
-    from pipelines.dag import build_report_task
-    from pipelines.tasks.retrieval import search_task
+    from stillhouse.pipelines.config import load_config
+    from stillhouse.pipelines.dag import build_report_task
+    from stillhouse.pipelines.tasks.retrieval import search_task
 
     report = build_report_task(load_config(SMOKE), smoke_run, slice_root)
     entry = next(e for e in report.entries if e["name"] == name)
@@ -58,9 +58,9 @@ def test_sparse_student_is_trained_indexed_and_searched_without_a_query_model(sm
     from sentence_transformers import SparseEncoder
     from transformers import AutoTokenizer
 
-    from pipelines.export import sparse_tokenizer_dir
-    from retrievers.sparse_student import read_idf_json
-    from retrievers.teachers import load_sparse_encoder
+    from stillhouse.pipelines.export import sparse_tokenizer_dir
+    from stillhouse.retrievers.sparse_student import read_idf_json
+    from stillhouse.retrievers.teachers import load_sparse_encoder
 
     results = report_results(smoke_run)
     assert 0.3 < results["sparse-student"]["NDCG@10"] <= 1.0
@@ -103,15 +103,15 @@ def queries(smoke_run: Path, slice_root: Path) -> dict[str, str]:
 
 
 def test_lucene_export_answers_like_the_pipeline(smoke_run: Path, exported: Path, runs: dict, queries: dict) -> None:
-    from retrievers.lucene_runtime import ensure_pyserini
+    from stillhouse.retrievers.lucene_runtime import ensure_pyserini
 
     ensure_pyserini()  # Pyserini on the project's JDK
     from pyserini.search.lucene import LuceneImpactSearcher
     from transformers import AutoTokenizer
 
-    from pipelines.export import sparse_tokenizer_dir
-    from retrievers.impact_index import IdfQueryEncoder
-    from retrievers.sparse_student import read_idf_json
+    from stillhouse.pipelines.export import sparse_tokenizer_dir
+    from stillhouse.retrievers.impact_index import IdfQueryEncoder
+    from stillhouse.retrievers.sparse_student import read_idf_json
 
     lucene = exported / "lucene"
     tokenizer = AutoTokenizer.from_pretrained(sparse_tokenizer_dir(lucene / "model"))
@@ -141,9 +141,9 @@ def test_milvus_lite_export_answers_like_the_pipeline(smoke_run: Path, exported:
     from sentence_transformers import SentenceTransformer
     from transformers import AutoTokenizer
 
-    from pipelines.export import sparse_tokenizer_dir
-    from retrievers.impact_index import idf_query_vector, quantize
-    from retrievers.sparse_student import read_idf_json
+    from stillhouse.pipelines.export import sparse_tokenizer_dir
+    from stillhouse.retrievers.impact_index import idf_query_vector, quantize
+    from stillhouse.retrievers.sparse_student import read_idf_json
 
     client = MilvusClient(uri=str(exported / "milvus" / "stillhouse.db"))
     for name in ("dense", "sparse"):
@@ -300,8 +300,8 @@ def test_minilm_gets_an_mlm_head_tied_to_its_word_embeddings(minilm_dir: Path, s
     import torch
     from transformers import AutoModel, AutoModelForMaskedLM
 
-    from retrievers.errors import UserError
-    from retrievers.sparse_student import build_inference_free_encoder, has_mlm_head, masked_lm_folder
+    from stillhouse.retrievers.errors import UserError
+    from stillhouse.retrievers.sparse_student import build_inference_free_encoder, has_mlm_head, masked_lm_folder
 
     assert not has_mlm_head(minilm_dir)
     with pytest.raises(UserError, match="has no masked-LM head"):
@@ -327,10 +327,10 @@ def test_minilm_gets_an_mlm_head_tied_to_its_word_embeddings(minilm_dir: Path, s
 def test_masked_lm_warm_up_teaches_the_tied_head_the_corpus(minilm_dir: Path, slice_root: Path,
                                                             tmp_path: Path) -> None:
     """The new head predicts nothing; BERT's objective on the corpus's own documents lowers its loss."""
-    from eval.beir_data import load_beir
-    from retrievers.dense import document_text
-    from retrievers.mlm_warmup import warm_up_mlm
-    from retrievers.sparse_student import masked_lm_folder
+    from stillhouse.eval.beir_data import load_beir
+    from stillhouse.retrievers.dense import document_text
+    from stillhouse.retrievers.mlm_warmup import warm_up_mlm
+    from stillhouse.retrievers.sparse_student import masked_lm_folder
 
     corpus = load_beir(slice_root / "scifact", "test").corpus
     texts = [document_text(doc) for doc in corpus.values()][:96]

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines.tasks.training_data import read_table
-from retrievers.errors import UserError
+from stillhouse.pipelines.tasks.training_data import read_table
+from stillhouse.retrievers.errors import UserError
 
 from .conftest import MINILM, SPLADE_TINY, run_cli, write_config
 
@@ -110,7 +110,7 @@ def test_ensemble_is_normalized_per_query_and_loadable_with_datasets(training_ru
 def test_teacher_scores_match_the_models_themselves(training_run: Path, minilm_dir: Path) -> None:
     from sentence_transformers import SentenceTransformer
 
-    from retrievers.lucene_runtime import ensure_pyserini
+    from stillhouse.retrievers.lucene_runtime import ensure_pyserini
 
     ensure_pyserini()
     from pyserini.search.lucene import LuceneSearcher
@@ -140,7 +140,7 @@ def test_teacher_scores_match_the_models_themselves(training_run: Path, minilm_d
 
 
 def test_tas_balanced_batches_come_from_one_cluster_and_flatten_margins(training_run: Path) -> None:
-    from retrievers.tas import TASBalancedBatchSampler, histogram_kl_to_uniform, random_pair_sample
+    from stillhouse.retrievers.tas import TASBalancedBatchSampler, histogram_kl_to_uniform, random_pair_sample
 
     folder = only_output(training_run, "TASTriples")
     balance = json.loads((folder / "balance.json").read_text())
@@ -172,8 +172,8 @@ def test_tas_sampler_and_gist_loss_train_in_the_sentence_transformers_trainer(tr
         SentenceTransformerTrainingArguments,
     )
 
-    from retrievers.guide import gist_loss
-    from retrievers.tas import TASBalancedBatchSampler, tas_balanced_sampler
+    from stillhouse.retrievers.guide import gist_loss
+    from stillhouse.retrievers.tas import TASBalancedBatchSampler, tas_balanced_sampler
 
     folder = only_output(training_run, "TASTriples")
     triples = read_table(folder / "triples.parquet")
@@ -235,7 +235,7 @@ def test_training_queries_without_a_positive_are_one_line(tmp_path: Path, slice_
 def test_guide_with_another_tokenizer_and_a_shorter_window_is_one_line(minilm_dir: Path, smollm2_dir: Path) -> None:
     from sentence_transformers import SentenceTransformer
 
-    from retrievers.guide import gist_loss
+    from stillhouse.retrievers.guide import gist_loss
 
     student = SentenceTransformer(str(minilm_dir), device="cpu")
     guide = SentenceTransformer(str(smollm2_dir), device="cpu")
@@ -250,7 +250,7 @@ def test_guide_with_another_tokenizer_and_a_shorter_window_is_one_line(minilm_di
 
 
 def test_sparse_teacher_without_an_mlm_head_is_one_line(minilm_dir: Path) -> None:
-    from retrievers.teachers import load_sparse_encoder
+    from stillhouse.retrievers.teachers import load_sparse_encoder
 
     with pytest.raises(UserError, match=r"not a masked-LM checkpoint \(BertModel\); a sparse model needs an MLM head"):
         load_sparse_encoder(minilm_dir)

@@ -1,0 +1,370 @@
+"""``stillhouse`` command line: run the DAG, run its ablations, show its status, export its indexes, cut a data
+slice.
+
+User errors (bad config, data, model sources) print one ``error:`` line and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from stillhouse.retrievers.errors import UserError
+
+log = logging.getLogger("stillhouse")
+EXIT_USER_ERROR = 2
+
+
+class _DropUserErrorTracebacks(logging.Filter):
+    """Luigi logs a failed task with its traceback; for a UserError the CLI prints one line instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], UserError):
+            return False
+        return not (record.name.startswith("luigi") and "UserError" in record.getMessage())
+
+
+class _ConsoleFormatter(logging.Formatter):
+    """Luigi's own tracebacks go to the run log only; the CLI prints a one-line summary on failure."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.name.startswith("luigi") and (record.exc_info or record.exc_text):
+            record = logging.makeLogRecord({**record.__dict__, "exc_info": None, "exc_text": None})
+        return super().format(record)
+
+
+def setup_logging(workdir: Path, verbose: bool) -> Path:
+    """Console: stillhouse progress and luigi warnings. File: everything, tracebacks included."""
+    import luigi.configuration
+
+    luigi.configuration.get_config().set("core", "no_configure_logging", "true")
+    log_dir = workdir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_file = log_dir / f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    root = logging.getLogger()
+    root.setLevel(logging.DEBUG)
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(logging.DEBUG if verbose else logging.INFO)
+    console.setFormatter(_ConsoleFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    console.addFilter(_DropUserErrorTracebacks())
+    file_handler = logging.FileHandler(log_file)
+    file_handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(console)
+    root.addHandler(file_handler)
+    for noisy in ("luigi-interface", "luigi", "urllib3", "httpx", "sentence_transformers", "filelock", "faiss.loader"):
+        logging.getLogger(noisy).setLevel(logging.WARNING if not verbose else logging.DEBUG)
+    return log_file
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stillhouse", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in (("run", "run the DAG of CONFIG"), ("status", "show which tasks of CONFIG are done"),
+                            ("ablate", "train a student of CONFIG with one component off at a time"),
+                            ("export", "export the indexes a finished run of CONFIG built")):
+        cmd = sub.add_parser(name, help=help_text)
+        cmd.add_argument("config", type=Path)
+        cmd.add_argument("--data-dir", help="BEIR root folder (default: [data] dir, then $STILLHOUSE_BEIR_DIR)")
+        cmd.add_argument("--workdir", type=Path, help="artifact root (default: the config's workdir)")
+        cmd.add_argument("--datasets", help="comma-separated subset of the config's data sets")
+        cmd.add_argument("-v", "--verbose", action="store_true")
+        if name != "export":
+            cmd.add_argument("--eval-split", help="evaluate on this split instead of [data] split (generation and "
+                                                  "training unchanged): select settings on train, report test")
+        if name in ("run", "status"):
+            cmd.add_argument("--retrievers", help="comma-separated report rows to build (and what they need), "
+                                                  "e.g. bm25,fused-teachers: no generation or training report")
+        if name == "ablate":
+            from stillhouse.pipelines.ablation import VARIANTS
+
+            cmd.add_argument("--variants", default="",
+                             help=f"comma-separated subset of {', '.join(VARIANTS)} (default: all; ensemble only "
+                                  "for a student with its own teacher_weights)")
+            cmd.add_argument("--student", choices=("dense", "sparse"), default="dense",
+                             help="which student the variants train (default: dense)")
+        if name == "export":
+            from stillhouse.pipelines.export import FORMATS
+
+            cmd.add_argument("--to", type=Path, required=True, help="target folder (one sub-folder per format)")
+            cmd.add_argument("--formats", default=",".join(FORMATS), help=f"comma-separated subset of "
+                                                                          f"{', '.join(FORMATS)} (default: all)")
+            cmd.add_argument("--force", action="store_true", help="replace an existing target")
+            cmd.add_argument("--index-name", default="stillhouse", help="OpenSearch/Elasticsearch index name")
+            cmd.add_argument("--example-query", default="", help="query for the example bodies "
+                                                                 "(default: the first judged query)")
+        if name in ("run", "ablate"):
+            cmd.add_argument("--workers", type=int, default=1, help="Luigi worker processes in this process")
+            cmd.add_argument("--scheduler-url", help="central luigid, e.g. http://127.0.0.1:8082 "
+                                                      "(default: Luigi's local scheduler)")
+    find = sub.add_parser("search", help="answer queries with a built retriever or hybrid of CONFIG")
+    find.add_argument("config", type=Path)
+    find.add_argument("query", nargs="?", help="the query text; '-' reads one query per line from standard input")
+    find.add_argument("--retriever", help="a retriever, student or [hybrid] name (default: the first hybrid, "
+                                          "else the first retriever)")
+    find.add_argument("--dataset", help="the data set whose indexes answer (default: the first the retriever is "
+                                        "built for)")
+    find.add_argument("--k", type=int, default=10, help="documents per query (default 10)")
+    find.add_argument("--queries", type=Path, help="a TSV (id<TAB>text) or JSONL ({_id, text}) file of queries: "
+                                                   "answered as a TREC run")
+    find.add_argument("--out", type=Path, help="with --queries: the TREC run file (default: standard output)")
+    find.add_argument("--data-dir", help="BEIR root folder (default: [data] dir, then $STILLHOUSE_BEIR_DIR)")
+    find.add_argument("--workdir", type=Path, help="artifact root (default: the config's workdir)")
+    find.add_argument("--datasets", help=argparse.SUPPRESS)
+    find.add_argument("-v", "--verbose", action="store_true")
+    cut = sub.add_parser("slice", help="copy a small, self-consistent slice of a BEIR data set (for smoke runs)")
+    cut.add_argument("source", type=Path, help="a BEIR data set folder, e.g. ../shared/beir/scifact")
+    cut.add_argument("target", type=Path, help="new folder (its name is the data set's name in configs)")
+    cut.add_argument("--split", default="test")
+    cut.add_argument("--extra-splits", default="train", help="comma-separated splits sliced alongside")
+    cut.add_argument("--docs", type=int, default=400)
+    cut.add_argument("--queries", type=int, default=40)
+    return parser
+
+
+def cmd_slice(args: argparse.Namespace) -> int:
+    from stillhouse.eval.beir_data import copy_slice
+
+    if args.target.exists():
+        raise UserError(f"{args.target}: already exists; pick a new folder")
+    if not any((args.source / name).is_file() for name in ("corpus.jsonl", "corpus.jsonl.gz")):
+        raise UserError(f"{args.source}: no corpus.jsonl[.gz]; give a BEIR data set folder")
+    extra = tuple(s for s in args.extra_splits.split(",") if s and (args.source / "qrels" / f"{s}.tsv").is_file())
+    copy_slice(args.source, args.target, args.split, max_docs=args.docs, max_queries=args.queries,
+               extra_splits=extra)
+    print(f"{args.target}: {args.docs} documents at most, {args.queries} {args.split} queries"
+          f"{' (+ ' + ', '.join(extra) + ')' if extra else ''}")
+    return 0
+
+
+def _prepare(args: argparse.Namespace):
+    """Config, work dir, data dir and the DAG's root, with every user error raised up front."""
+    from stillhouse.eval.beir_data import data_dir_from_env, resolve_dataset_dir
+    from stillhouse.pipelines.config import load_config
+    from stillhouse.pipelines.dag import build_roots
+
+    chosen = [d.strip() for d in args.datasets.split(",") if d.strip()] if args.datasets is not None else None
+    cfg = load_config(args.config, chosen)
+    workdir = (args.workdir or Path(cfg.workdir)).expanduser().resolve()
+    data_dir = data_dir_from_env(args.data_dir or cfg.data.dir)
+    # The examples' data set too: it may be one --datasets left out (examples from SciFact, students for Cranfield).
+    examples = [cfg.generation.examples_dataset] if cfg.generation and cfg.generation.examples_dataset else []
+    for dataset in dict.fromkeys([*cfg.data.datasets, *examples]):
+        if not (data_dir and (data_dir / dataset).is_dir()):
+            resolve_dataset_dir(dataset, data_dir, download=cfg.data.download and data_dir is not None)
+    assert data_dir is not None
+    only = [n.strip() for n in (getattr(args, "retrievers", None) or "").split(",") if n.strip()]
+    return cfg, workdir, build_roots(cfg, workdir, data_dir.resolve(), getattr(args, "eval_split", None), only)
+
+
+def _failures_since(workdir: Path, since: float) -> list[dict]:
+    from stillhouse.pipelines.tasks.base import failure_dir
+
+    found = []
+    for path in sorted(failure_dir(str(workdir)).glob("*.json")):
+        record = json.loads(path.read_text())
+        if record["time"] >= since:
+            found.append(record)
+    return found
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cfg, workdir, roots = _prepare(args)
+    return _build(args, cfg, workdir, roots)
+
+
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from stillhouse.pipelines.ablation import ablation_rows, default_variants
+    from stillhouse.pipelines.tasks.report import AblationReport
+
+    cfg, workdir, roots = _prepare(args)
+    data_dir = Path(roots[0].entries[0]["dataset"]["data_dir"])
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()] or default_variants(cfg)
+    rows, skipped = ablation_rows(cfg, workdir, data_dir, variants, student=args.student,
+                                  eval_split=args.eval_split)
+    full = f"{args.student} student: full"
+    tested = {**dict(roots[0].baselines), **({"full": full} if any(r["name"] == full for r in rows) else {})}
+    return _build(args, cfg, workdir, [AblationReport(workdir=str(workdir), entries=rows, baselines=tested,
+                                                      metrics=list(cfg.eval.metrics), skipped=skipped)])
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from stillhouse.pipelines.dag import built_indexes
+    from stillhouse.pipelines.export import export
+
+    cfg, workdir, roots = _prepare(args)
+    setup_logging(workdir, args.verbose)
+    built, first_query = built_indexes(cfg, roots[0])
+    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+    for folder in export(built, args.to.expanduser().resolve(), formats, args.force, args.index_name,
+                         args.example_query or first_query, workdir=workdir):
+        print(folder)
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    """Rank documents for one query, for each line of standard input, or for a file of queries (a TREC run)."""
+    from stillhouse.pipelines.search import open_searcher, read_queries, titles
+    from stillhouse.pipelines.tasks.retrieval import search_task
+    from stillhouse.retrievers.runs import write_trec_run
+
+    if (args.query is None) == (args.queries is None):
+        raise UserError("search: give a query (or '-' for standard input) or --queries FILE, not both")
+    if args.k < 1:
+        raise UserError("search --k: give a positive number of documents")
+    if args.out and not args.out.parent.is_dir():
+        raise UserError(f"search --out {args.out}: no folder {args.out.parent}; create it or choose another path")
+    queries = read_queries(args.queries) if args.queries else None
+    cfg, workdir, roots = _prepare(args)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING)
+    entries = roots[0].entries
+    names = list(dict.fromkeys(e["name"] for e in entries))
+    name = args.retriever or next(iter(cfg.hybrid), None) or names[0]
+    choices = [e for e in entries
+               if e["name"] == name and (not args.dataset or e["dataset"]["dataset"] == args.dataset)]
+    if not choices:
+        where = f" on {args.dataset}" if args.dataset else ""
+        raise UserError(f"search --retriever: {name!r} is not a retriever of {args.config}{where} "
+                        f"({', '.join(names)})")
+    task = search_task(str(workdir), dict(choices[0]["dataset"]), dict(choices[0]["retriever"]))
+    if not task.complete():
+        raise UserError(f"search: {name} on {choices[0]['dataset']['dataset']} is not built yet; run "
+                        f"`stillhouse run {args.config}` first")
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # the answer is the output; loading bars would interleave with it
+    loading = time.perf_counter()
+    searcher = open_searcher(task)
+    print(f"{name} on {choices[0]['dataset']['dataset']}: loaded in {time.perf_counter() - loading:.1f} s",
+          file=sys.stderr)
+    if queries is not None:
+        run, _ = searcher.search(queries, args.k)
+        out = args.out or Path("/dev/stdout")
+        write_trec_run(run, out, name)
+        if args.out:
+            print(f"{args.out}: {len(run)} queries, top {args.k} each ({name})")
+        return 0
+    lines = (line.strip() for line in sys.stdin) if args.query == "-" else iter([args.query])
+    names_of = titles(task.dataset_task().out_dir / "corpus.jsonl")  # once, not per query
+    for text in (line for line in lines if line):
+        started = time.perf_counter()
+        run, parts = searcher.search({"q": text}, args.k)
+        seconds = time.perf_counter() - started
+        hits = run["q"]
+        members = list(parts)
+        print(f"# {text}  ({name}, {1000 * seconds:.0f} ms)")
+        print("rank\tdoc\tscore" + "".join(f"\t{m}" for m in members) + "\ttitle")
+        for rank, (doc_id, score) in enumerate(hits.items(), start=1):
+            member_scores = "".join(f"\t{parts[m]['q'][doc_id]:.3f}" for m in members)
+            print(f"{rank}\t{doc_id}\t{score:.4f}{member_scores}\t{names_of.get(doc_id, '')[:90]}")
+        sys.stdout.flush()
+    return 0
+
+
+def _build(args: argparse.Namespace, cfg, workdir: Path, roots: list) -> int:
+    """Run ``roots`` with Luigi (local or central scheduler), then print and publish each root's page."""
+    import luigi
+    import luigi.configuration
+    import luigi.rpc
+
+    log_file = setup_logging(workdir, args.verbose)
+    started = time.time()
+    settings = {"workers": args.workers, "local_scheduler": not args.scheduler_url}
+    if args.scheduler_url:
+        settings["scheduler_url"] = args.scheduler_url
+        config = luigi.configuration.get_config()
+        config.set("worker", "keep_alive", "true")
+        config.set("worker", "wait_interval", "1")
+        config.set("worker", "max_keep_alive_idle_duration", "120")
+        config.set("core", "rpc-retry-wait", "5")  # an unreachable luigid fails in seconds, not minutes
+    log.info("running %s on %s (workdir %s, log %s)", cfg.name, ", ".join(cfg.data.datasets), workdir, log_file)
+    try:
+        result = luigi.build(roots, detailed_summary=True, **settings)
+    except luigi.rpc.RPCError as exc:
+        raise UserError(f"--scheduler-url {args.scheduler_url}: cannot reach luigid ({exc}); start it with "
+                        "`luigid --port PORT` or drop the option to use the local scheduler") from None
+    mine = {task.task_id for task in _all_tasks(roots) if not task.complete()}
+    failures = [f for f in _failures_since(workdir, started) if f["task_id"] in mine]
+    user_errors = [f for f in failures if f["user_error"]]
+    if user_errors:
+        for failure in user_errors:
+            print(f"error: {failure['message']}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    if failures or not all(root.complete() for root in roots):
+        for failure in failures:
+            print(f"error: {failure['task_id']} failed: {failure['type']}: {failure['message']} "
+                  f"(traceback in {log_file})", file=sys.stderr)
+        if not failures:
+            print(f"error: the DAG did not complete ({result.status.name}); see {log_file}", file=sys.stderr)
+        return 1
+    _log_work_done(roots, started)
+    for root in roots:
+        link, page = root.publish_as
+        _publish(root, workdir, link)
+        print((root.out_dir / page).read_text())
+        print(f"{link}: {workdir / link} -> {root.out_dir}")
+    return 0
+
+
+def _all_tasks(roots) -> list:
+    from stillhouse.pipelines.dag import walk
+
+    return list({task.task_id: task for root in roots for task in walk(root)}.values())
+
+
+def _log_work_done(roots, started: float) -> None:
+    """Say how many tasks this run executed (by any worker) and how many were already done."""
+    tasks = _all_tasks(roots)
+    ran = sum(json.loads((t.out_dir / "provenance.json").read_text())["finished"] >= started for t in tasks)
+    log.info("ran %d of %d tasks (%d already done)", ran, len(tasks), len(tasks) - ran)
+
+
+def _publish(root, workdir: Path, name: str) -> None:
+    """Point ``<workdir>/<name>`` at the newest report folder (an atomic symlink swap)."""
+    link = workdir / name
+    tmp = workdir / f".{name}.{os.getpid()}"
+    if tmp.is_symlink():
+        tmp.unlink()
+    tmp.symlink_to(root.out_dir.relative_to(workdir))
+    os.replace(tmp, link)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    _, _, roots = _prepare(args)
+    table = Table(title=f"stillhouse status: {args.config}")
+    for column in ("task", "fingerprint", "state"):
+        table.add_column(column)
+    done = 0
+    tasks = _all_tasks(roots)
+    for task in tasks:
+        complete = task.complete()
+        done += complete
+        table.add_row(task.label(), task.fingerprint(), "done" if complete else "pending")
+    Console().print(table)
+    print(f"{done}/{len(tasks)} tasks done")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        commands = {"run": cmd_run, "status": cmd_status, "ablate": cmd_ablate, "export": cmd_export,
+                    "search": cmd_search, "slice": cmd_slice}
+        return commands[args.command](args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""The base of every stillhouse task: fingerprinted output folder, atomic writes, provenance."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+import traceback
+from pathlib import Path
+
+import luigi
+from luigi.freezing import recursively_unfreeze
+from luigi.task import flatten
+
+from stillhouse.pipelines.artifacts import atomic_dir, write_json_atomic
+from stillhouse.pipelines.fingerprint import fingerprint
+from stillhouse.retrievers.errors import UserError
+
+log = logging.getLogger("stillhouse")
+
+
+class StageTask(luigi.Task):
+    """A task whose output is the folder ``<workdir>/<TaskName>/<fingerprint>/``.
+
+    The fingerprint hashes the task's own parameters (never ``workdir``) and the fingerprints of
+    what it requires, so it changes exactly when something the task reads changes. Subclasses
+    implement ``build(folder)``, which fills a temp folder that is renamed into place on success.
+    """
+
+    workdir = luigi.Parameter(description="root folder of all artifacts (local or shared storage)")
+    # A DAG root's (link name under the workdir, page printed at the end of a run).
+    publish_as: tuple[str, str] = ("", "")
+
+    def fingerprint_payload(self) -> dict:
+        params = self.to_str_params(only_significant=True)
+        params.pop("workdir", None)
+        return params
+
+    def fingerprint(self) -> str:
+        cached = self.__dict__.get("_fingerprint")
+        if cached is None:
+            upstream = sorted(self.upstream_fingerprint(task) for task in flatten(self.requires())
+                              if isinstance(task, StageTask))
+            cached = fingerprint({"task": self.task_family, "own": self.fingerprint_payload(), "upstream": upstream})
+            self.__dict__["_fingerprint"] = cached
+        return cached
+
+    def upstream_fingerprint(self, task: StageTask) -> str:
+        """How a requirement enters this task's fingerprint (a task reading less may narrow it)."""
+        return task.fingerprint()
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.workdir) / self.task_family / self.fingerprint()
+
+    def output(self) -> luigi.LocalTarget:
+        return luigi.LocalTarget(str(self.out_dir))
+
+    def build(self, folder: Path) -> None:
+        raise NotImplementedError
+
+    def label(self) -> str:
+        """A short human name for logs and status (family plus what distinguishes it)."""
+        return self.task_family
+
+    def run(self) -> None:
+        if self.out_dir.is_dir():  # a twin task (same fingerprint, other parameters) already built it
+            log.info("%s: already built -> %s", self.label(), self.out_dir)
+            return
+        started = time.time()
+        log.info("%s: starting -> %s", self.label(), self.out_dir)
+        with atomic_dir(self.out_dir) as tmp:
+            self.build(tmp)
+            write_json_atomic(tmp / "provenance.json", {
+                "task": self.task_family, "task_id": self.task_id, "fingerprint": self.fingerprint(),
+                "params": recursively_unfreeze(self.fingerprint_payload()), "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "seconds": round(time.time() - started, 3), "finished": time.time(),
+            })
+        log.info("%s: done in %.1fs", self.label(), time.time() - started)
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def failure_dir(workdir: str) -> Path:
+    return Path(workdir) / ".failures"
+
+
+@StageTask.event_handler(luigi.Event.FAILURE)
+def _record_failure(task: StageTask, exception: BaseException) -> None:
+    """Leave the failure where the CLI (in this or another process) can read it back as one line."""
+    folder = failure_dir(task.workdir)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(folder / f"{task.task_family}-{task.fingerprint()}.json", {
+        "task_id": task.task_id, "user_error": isinstance(exception, UserError), "message": str(exception),
+        "type": type(exception).__name__, "time": time.time(),
+        "traceback": "".join(traceback.format_exception(exception)),
+    })

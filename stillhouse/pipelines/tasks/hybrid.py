@@ -1,0 +1,163 @@
+"""Hybrid tasks: the fused retriever's weights (chosen without the evaluation split) and its fused run.
+
+Both are wiring around ``stillhouse.retrievers.hybrid``: ``HybridWeights`` calls ``select_weights`` on the members'
+runs of a selection split, ``HybridSearch`` calls ``fuse_runs`` on the members' runs of the evaluated split.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import luigi
+from luigi.freezing import recursively_unfreeze
+
+from stillhouse.pipelines.artifacts import write_json_atomic
+from stillhouse.pipelines.tasks.base import StageTask
+from stillhouse.pipelines.tasks.data import LoadDataset
+from stillhouse.pipelines.tasks.retrieval import DatasetTask, search_task
+from stillhouse.retrievers.errors import UserError
+from stillhouse.retrievers.hybrid import MIN_SELECTION_QUERIES
+from stillhouse.retrievers.runs import read_trec_run, write_trec_run
+
+log = logging.getLogger("stillhouse")
+
+
+def member_searches(workdir: str, dataset: dict, members: dict, top_k: int) -> dict[str, StageTask]:
+    """Each member's search task on ``dataset`` at the hybrid's depth (shared with the plain retriever's task
+    when its ``top_k`` is the same)."""
+    return {name: search_task(workdir, dataset, {**dict(spec), "top_k": top_k}) for name, spec in members.items()}
+
+
+def member_runs(searches: dict[str, StageTask]) -> dict:
+    """Each member's TREC run, by member name."""
+    return {name: read_trec_run(task.out_dir / "run.trec") for name, task in searches.items()}
+
+
+class HybridWeights(StageTask):
+    """The simplex-grid weights that maximize NDCG@10 on the selection queries: the labeled pairs the run's
+    generation already spends (``examples``), or a judged split other than the evaluation split (``split``)."""
+
+    members = luigi.DictParameter(description="member name -> retriever spec")
+    selection = luigi.DictParameter(description="{kind: examples|split, dataset, step, metric[, gen]}")
+    top_k = luigi.IntParameter(default=100)
+
+    def label(self) -> str:
+        return f"HybridWeights({'+'.join(self.members)} on {self.selection['kind']})"
+
+    def dataset_task(self) -> LoadDataset:
+        return LoadDataset(workdir=self.workdir, **self.selection["dataset"])
+
+    def searches(self) -> dict[str, StageTask]:
+        return member_searches(self.workdir, dict(self.selection["dataset"]), dict(self.members), self.top_k)
+
+    def examples_task(self) -> StageTask | None:
+        if self.selection["kind"] != "examples":
+            return None
+        from stillhouse.pipelines.tasks.generation import SelectExamples
+
+        return SelectExamples(workdir=self.workdir, gen=self.selection["gen"])
+
+    def requires(self):
+        examples = self.examples_task()
+        return [self.dataset_task(), *self.searches().values(), *([examples] if examples else [])]
+
+    def fingerprint_payload(self) -> dict:
+        # Member name -> its search's fingerprint: renaming or swapping members changes the weights' meaning.
+        return {"members": {name: task.fingerprint() for name, task in self.searches().items()},
+                "selection": {k: v for k, v in recursively_unfreeze(self.selection).items()
+                              if k not in ("dataset", "gen")},
+                "top_k": self.top_k}
+
+    def selection_qrels(self) -> tuple[dict[str, dict[str, int]], list[dict]]:
+        """The judged queries the weights are chosen on, and (for ``examples``) the pairs behind them."""
+        data = self.dataset_task().load()
+        examples = self.examples_task()
+        if examples is None:
+            return data.qrels, []
+        split = examples.load()
+        by_text: dict[str, str] = {}
+        for qid, text in data.queries.items():
+            by_text.setdefault(text, qid)
+        roles = self.selection.get("roles", ["prompt", "tune", "filter_eval"])
+        pairs = [{"query_id": by_text[e.query], "doc_id": e.doc_id, "query": e.query, "role": role}
+                 for role in roles for e in getattr(split, role) if e.query in by_text]
+        return {p["query_id"]: {p["doc_id"]: 1} for p in pairs}, pairs
+
+    def build(self, folder: Path) -> None:
+        from stillhouse.retrievers.hybrid import select_weights
+
+        qrels, pairs = self.selection_qrels()
+        where = f"{self.selection['dataset']['dataset']} {self.selection['dataset']['split']}"
+        if len(qrels) < MIN_SELECTION_QUERIES:
+            raise UserError(f"hybrid weights: {self.selection['kind']} gives {len(qrels)} labeled queries on {where}, "
+                            f"fewer than {MIN_SELECTION_QUERIES}; raise [generation] prompt_examples/tune_pairs/"
+                            "filter_eval_pairs, or give the weights as numbers")
+        runs = member_runs(self.searches())
+        choice = select_weights(runs, qrels, self.selection["step"], self.selection["metric"], self.top_k,
+                                ignore_identical_ids=self.selection.get("ignore_identical_ids", False))
+        log.info("hybrid weights from %d %s of %s: %s (%s %.4f)", len(qrels),
+                 "labeled example pairs" if pairs else "judged queries", where,
+                 ", ".join(f"{m} {w:.2f}" for m, w in choice.weights.items()), choice.metric, choice.score)
+        if pairs:
+            log.info("hybrid weights: the %d pairs (query id -> document id): %s", len(pairs),
+                     ", ".join(f"{p['query_id']}->{p['doc_id']}" for p in pairs))
+        write_json_atomic(folder / "weights.json", {
+            "weights": choice.weights, "score": choice.score, "metric": choice.metric, "queries": choice.queries,
+            "source": self.selection["kind"], "dataset": self.selection["dataset"]["dataset"],
+            "split": self.selection["dataset"]["split"], "pairs": pairs, "grid": choice.grid})
+
+    def weights(self) -> dict[str, float]:
+        return json.loads((self.out_dir / "weights.json").read_text())["weights"]
+
+
+class HybridSearch(DatasetTask):
+    """The fused run of the split's judged queries: each member's top-k, min-max normalized per query, weighted
+    mean (``stillhouse.retrievers.hybrid.fuse_runs``), with the weights used in ``hybrid.json``."""
+
+    members = luigi.DictParameter(description="member name -> retriever spec")
+    weights = luigi.DictParameter(description="{fixed: {member: weight}} or {select: HybridWeights.selection}")
+    top_k = luigi.IntParameter(default=100)
+
+    def label(self) -> str:
+        return f"HybridSearch({self.dataset['dataset']} {'+'.join(self.members)})"
+
+    def searches(self) -> dict[str, StageTask]:
+        return member_searches(self.workdir, dict(self.dataset), dict(self.members), self.top_k)
+
+    def weights_task(self) -> HybridWeights | None:
+        if "select" not in self.weights:
+            return None
+        return HybridWeights(workdir=self.workdir, members=self.members, selection=self.weights["select"],
+                             top_k=self.top_k)
+
+    def requires(self):
+        chosen = self.weights_task()
+        return [self.dataset_task(), *self.searches().values(), *([chosen] if chosen else [])]
+
+    def fingerprint_payload(self) -> dict:
+        fixed = self.weights.get("fixed")
+        return {"members": {name: task.fingerprint() for name, task in self.searches().items()},
+                "weights": recursively_unfreeze(fixed) if fixed else "selected", "top_k": self.top_k}
+
+    def member_weights(self) -> dict[str, float]:
+        chosen = self.weights_task()
+        return chosen.weights() if chosen else dict(self.weights["fixed"])
+
+    def build(self, folder: Path) -> None:
+        from stillhouse.retrievers.hybrid import fuse_runs
+
+        runs = member_runs(self.searches())
+        weights = self.member_weights()
+        started = time.perf_counter()
+        fused, _ = fuse_runs(runs, {m: w for m, w in weights.items() if w > 0}, self.top_k)
+        fuse_seconds = time.perf_counter() - started
+        write_trec_run(fused, folder / "run.trec", "hybrid")
+        member_seconds = sum(json.loads((t.out_dir / "timing.json").read_text())["seconds"]
+                             for t in self.searches().values())
+        (folder / "timing.json").write_text(json.dumps({"queries": len(fused), "seconds": member_seconds + fuse_seconds,
+                                                        "fuse_seconds": fuse_seconds}))
+        (folder / "hybrid.json").write_text(json.dumps({"weights": weights, "members": list(self.members),
+                                                        "selected": self.weights_task() is not None}, indent=2))

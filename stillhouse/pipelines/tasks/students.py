@@ -1,0 +1,93 @@
+"""Student tasks: the dense bi-encoder distilled from the teacher ensemble.
+
+``TrainDense`` exposes ``model_dir()`` like ``FetchModel``, so the dense retrieval tasks (``EncodeShard``,
+``DenseIndex``, ``DenseSearch``) index and search with the trained student exactly as with a fetched
+model: they take it through their ``trained`` parameter, and its fingerprint is the student's.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import luigi
+import numpy as np
+
+from stillhouse.pipelines.tasks.base import StageTask
+from stillhouse.pipelines.tasks.data import FetchModel, corpus_only_fingerprint
+from stillhouse.pipelines.tasks.training_data import TAS_KEYS, TASTriples, TrainTask, narrow, read_table
+
+log = logging.getLogger("stillhouse")
+
+STUDENT_KEYS = TAS_KEYS
+
+
+class StudentTask(TrainTask):
+    """Base of the students' training tasks: the TAS-Balanced triples and a base model in, ``model/`` out.
+
+    Checkpoints live beside the output folder (``<fingerprint>.checkpoints``) while training runs, so a
+    killed run resumes from the last one; they are removed once the model is in place.
+    """
+
+    reads = STUDENT_KEYS
+    student = luigi.DictParameter(description="the student's config section with model roles resolved to sources")
+
+    def triples_task(self) -> TASTriples:
+        return self.make(TASTriples)
+
+    def base_task(self) -> FetchModel:
+        return FetchModel(workdir=self.workdir, source=self.student["base_model"])
+
+    def upstream_fingerprint(self, task: StageTask) -> str:
+        return corpus_only_fingerprint(task)
+
+    def checkpoint_dir(self) -> Path:
+        return self.out_dir.with_name(self.out_dir.name + ".checkpoints")
+
+    def model_dir(self) -> Path:
+        return self.out_dir / "model"
+
+
+class TrainDense(StudentTask):
+    """The dense student (``model/``, a plain sentence-transformers folder) and ``training.json``."""
+
+    def label(self) -> str:
+        return f"TrainDense({self.student['sampler']}, {self.student['in_batch_loss']})"
+
+    def guide_task(self) -> FetchModel | None:
+        if self.student["in_batch_loss"] != "gist" or self.student["in_batch_weight"] == 0:
+            return None
+        return FetchModel(workdir=self.workdir, source=self.student["guide"])
+
+    def requires(self):
+        guide = self.guide_task()
+        return [self.triples_task(), self.corpus_task(), self.base_task(), *([guide] if guide else [])]
+
+    def fingerprint_payload(self) -> dict:
+        # The triples' inputs enter through TASTriples upstream; what is read here is the student's settings
+        # and the ensemble weights that scale the margins.
+        student = {k: v for k, v in dict(self.student).items() if k not in ("encode_batch_size", "shards")}
+        return {"student": student, "weights": dict(self.training["weights"])}
+
+    def build(self, folder: Path) -> None:
+        from stillhouse.retrievers.distill_dense import student_settings, student_triples, train_dense_student
+
+        s = dict(self.student)
+        table = read_table(self.triples_task().out_dir / "triples.parquet")
+        triples = student_triples(table, self.corpus_task().load().corpus, dict(self.training["weights"]),
+                                  s["negatives_per_query"], s["margin_scale"])
+        settings = student_settings(s, self.training["guide_margin"], self.training["margin_bins"])
+        guide = self.guide_task()
+        log.info("dense student: %d triples of %d queries (%s batches)", len(triples["query_id"]),
+                 len(set(triples["query_id"])), s["sampler"])
+        stats = train_dense_student(self.base_task().model_dir(), guide.model_dir() if guide else None, triples,
+                                    folder / "model", self.checkpoint_dir(), settings)
+        stats["margins"] = {"mean": float(np.mean(triples["margin"])), "std": float(np.std(triples["margin"]))}
+        (folder / "training.json").write_text(json.dumps(stats, indent=2))
+
+
+def dense_student_task(workdir: str, trained: dict) -> TrainDense:
+    """The TrainDense task a dense retrieval task's ``trained`` parameter names."""
+    return TrainDense(workdir=workdir, training=narrow(dict(trained["training"]), STUDENT_KEYS),
+                      student=trained["student"])

@@ -1,0 +1,545 @@
+"""Training-data tasks: training queries, candidate mining, teacher scores, the GISTEmbed guide filter,
+the normalized teacher ensemble, query clusters and TAS-Balanced triples; plus the reranking study
+that measures each teacher and the ensemble on BM25's top-k.
+
+Tasks take ``training``: the ``[training]`` settings resolved by ``stillhouse.pipelines.dag.training_settings``
+(model roles resolved to sources, data sets to LoadDataset parameters), narrowed to the keys a task
+reads (``reads``), so changing e.g. the guide margin reruns only the guide filter and what follows.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import luigi
+import numpy as np
+
+from stillhouse.pipelines.tasks.base import StageTask
+from stillhouse.pipelines.tasks.data import FetchModel, LoadDataset, corpus_only_fingerprint
+from stillhouse.pipelines.tasks.retrieval import BM25Index, BM25Search, CorpusTask, DenseIndex
+from stillhouse.retrievers.errors import UserError
+
+log = logging.getLogger("stillhouse")
+
+QUERY_KEYS = ("dataset", "queries", "gen", "query_filter", "positives")
+MINE_KEYS = (*QUERY_KEYS, "corpus", "base", "bm25_candidates", "dense_candidates")
+GUIDE_KEYS = (*MINE_KEYS, "guide", "guide_teacher", "guide_filter", "guide_margin", "guide_margin_strategy", "study")
+ENSEMBLE_KEYS = (*GUIDE_KEYS, "teachers", "weights", "normalization")
+CLUSTER_KEYS = (*QUERY_KEYS, "base", "clusters", "seed")
+TAS_KEYS = (*ENSEMBLE_KEYS, "clusters", "seed", "margin_bins")
+
+
+def narrow(training: dict, keys: tuple[str, ...]) -> dict:
+    return {key: training[key] for key in keys}
+
+
+def write_table(columns: dict[str, list | np.ndarray], path: Path) -> None:
+    """A Parquet table through ``datasets`` (so ``datasets.load_dataset("parquet", ...)`` reads it)."""
+    from datasets import Dataset
+
+    Dataset.from_dict({k: list(v) if isinstance(v, np.ndarray) else v for k, v in columns.items()}).to_parquet(
+        str(path))
+
+
+def read_table(path: Path) -> dict[str, np.ndarray]:
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    return {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
+
+
+def read_jsonl_queries(path: Path) -> dict[str, str]:
+    with open(path, encoding="utf-8") as handle:
+        return {row["_id"]: row["text"] for row in map(json.loads, handle)}
+
+
+def write_jsonl_queries(queries: dict[str, str], path: Path) -> None:
+    with open(path, "w", encoding="utf-8") as out:
+        for query_id, text in queries.items():
+            out.write(json.dumps({"_id": query_id, "text": text}) + "\n")
+
+
+class TrainTask(StageTask):
+    """Base: the ``training`` settings, narrowed to ``reads``."""
+
+    reads: tuple[str, ...] = ()
+    training = luigi.DictParameter()
+
+    def make(self, cls: type[TrainTask]) -> TrainTask:
+        return cls(workdir=self.workdir, training=narrow(dict(self.training), cls.reads))
+
+    def fingerprint_payload(self) -> dict:
+        # Data set parameters (paths, flags) enter through LoadDataset's content fingerprints upstream.
+        return {"training": {k: v for k, v in dict(self.training).items() if k not in ("dataset", "corpus", "gen")}}
+
+    def corpus(self) -> dict:
+        return dict(self.training["corpus"])
+
+    def corpus_task(self) -> LoadDataset:
+        return LoadDataset(workdir=self.workdir, **self.corpus())
+
+
+class TrainingQueries(TrainTask):
+    """The training queries and their positives: a judged split's queries, or the kept generated queries.
+
+    Output: ``queries.jsonl``, ``positives.json`` (query id -> positive doc ids) and ``judged.json``
+    (query id -> every judged-relevant doc id; equal to the positives unless ``positives = "first"``).
+    """
+
+    reads = QUERY_KEYS
+
+    def source(self) -> StageTask:
+        if self.training["queries"] == "split":
+            return LoadDataset(workdir=self.workdir, **self.training["dataset"])
+        from stillhouse.pipelines.tasks.generation import FilterQueries, spec
+
+        return FilterQueries(workdir=self.workdir, gen=spec(FilterQueries, dict(self.training["gen"])))
+
+    def requires(self):
+        return self.source()
+
+    def build(self, folder: Path) -> None:
+        if self.training["queries"] == "split":
+            queries, judged = self._split_queries()
+        else:
+            queries, judged = self._generated_queries()
+        positives = judged if self.training["positives"] == "all" else {q: docs[:1] for q, docs in judged.items()}
+        write_jsonl_queries(queries, folder / "queries.jsonl")
+        (folder / "positives.json").write_text(json.dumps(positives))
+        (folder / "judged.json").write_text(json.dumps(judged))
+        log.info("training queries: %d, positives: %d", len(queries), sum(map(len, positives.values())))
+
+    def _split_queries(self) -> tuple[dict[str, str], dict[str, list[str]]]:
+        task = self.source()
+        data = task.load()
+        judged = {q: [d for d, rel in docs.items() if rel > 0] for q, docs in data.qrels.items()}
+        empty = sorted(q for q in data.queries if not judged.get(q))
+        if empty:
+            qrels = Path(task.data_dir) / task.dataset / "qrels" / f"{task.split}.tsv"
+            raise UserError(f"{qrels}: {len(empty)} queries have no positive (relevance > 0), first {empty[0]!r}; "
+                            "give each training query a relevant document or remove it")
+        return dict(data.queries), judged
+
+    def _generated_queries(self) -> tuple[dict[str, str], dict[str, list[str]]]:
+        path = self.source().out_dir / "queries.parquet"
+        table = read_table(path)
+        if self.training["query_filter"] == "none":  # the ablation: every generated query, duplicates aside
+            usable = [bool(str(t).strip()) and not d for t, d in zip(table["text"], table["duplicate"], strict=True)]
+        else:
+            usable = table["kept"]
+        kept = [i for i, flag in enumerate(usable) if flag]
+        if not kept:
+            raise UserError(f"{path}: no generated query passed the filters, so there is nothing to train on; "
+                            "see the generation report and loosen roundtrip_k or the prompt settings")
+        queries = {str(table["query_id"][i]): str(table["text"][i]) for i in kept}
+        judged = {str(table["query_id"][i]): [str(table["doc_id"][i])] for i in kept}
+        return queries, judged
+
+    def load(self) -> tuple[dict[str, str], dict[str, list[str]], dict[str, list[str]]]:
+        return (read_jsonl_queries(self.out_dir / "queries.jsonl"),
+                json.loads((self.out_dir / "positives.json").read_text()),
+                json.loads((self.out_dir / "judged.json").read_text()))
+
+
+def base_index(task: TrainTask) -> DenseIndex:
+    base = task.training["base"]
+    return DenseIndex(workdir=task.workdir, dataset=task.corpus(), model=base["model"], shards=base["shards"],
+                      batch_size=base["batch_size"], max_seq_length=base["max_seq_length"])
+
+
+class MineCandidates(TrainTask):
+    """Each query's positives plus BM25 and base-dense top-K candidates (positives excluded).
+
+    Output ``pairs.parquet``: query_id, doc_id, positive, judged_relevant, bm25_rank, dense_rank.
+    """
+
+    reads = MINE_KEYS
+
+    def requires(self):
+        return [self.make(TrainingQueries), BM25Index(workdir=self.workdir, dataset=self.corpus(), multifield=True),
+                base_index(self), FetchModel(workdir=self.workdir, source=self.training["base"]["model"])]
+
+    def build(self, folder: Path) -> None:
+        from stillhouse.retrievers.bm25 import bm25_search
+        from stillhouse.retrievers.dense import dense_search
+        from stillhouse.retrievers.mining import merge_candidates
+
+        queries, positives, judged = self.make(TrainingQueries).load()
+        bm25_k, dense_k = self.training["bm25_candidates"], self.training["dense_candidates"]
+        extra = max(map(len, positives.values()))
+        bm25_run = bm25_search(self.requires()[1].out_dir / "index", queries, bm25_k + extra) if bm25_k else {}
+        dense_run = (dense_search(self.requires()[3].model_dir(), base_index(self).out_dir, queries, dense_k + extra,
+                                  self.training["base"]["batch_size"], self.training["base"]["max_seq_length"])
+                     if dense_k else {})
+        candidates = merge_candidates(bm25_run, dense_run, {q: set(p) for q, p in positives.items()}, bm25_k, dense_k)
+        rows: dict[str, list] = {k: [] for k in ("query_id", "doc_id", "positive", "judged_relevant", "bm25_rank",
+                                                 "dense_rank")}
+        for query_id, docs in positives.items():
+            for doc_id in docs:
+                for key, value in zip(rows, (query_id, doc_id, True, True, 0, 0), strict=True):
+                    rows[key].append(value)
+        for c in candidates:
+            relevant = c.doc_id in set(judged.get(c.query_id, ()))
+            for key, value in zip(rows, (c.query_id, c.doc_id, False, relevant, c.bm25_rank, c.dense_rank),
+                                  strict=True):
+                rows[key].append(value)
+        write_table(rows, folder / "pairs.parquet")
+        write_jsonl_queries(queries, folder / "queries.jsonl")
+        stats = {"queries": len(queries), "positives": sum(map(len, positives.values())),
+                 "candidates": len(candidates), "judged_relevant_candidates": int(sum(rows["judged_relevant"])
+                                                                                  - sum(rows["positive"]))}
+        (folder / "stats.json").write_text(json.dumps(stats, indent=2))
+        log.info("mined %d candidates for %d queries", len(candidates), len(queries))
+
+
+class RerankPairs(StageTask):
+    """The (query, document) pairs of BM25's top-``depth`` for one split: what the teachers rerank."""
+
+    dataset = luigi.DictParameter()
+    depth = luigi.IntParameter(default=100)
+
+    def search(self) -> BM25Search:
+        return BM25Search(workdir=self.workdir, dataset=self.dataset, top_k=self.depth)
+
+    def requires(self):
+        return [LoadDataset(workdir=self.workdir, **self.dataset), self.search()]
+
+    def fingerprint_payload(self) -> dict:
+        return {"depth": self.depth, "split": self.dataset["split"]}
+
+    def label(self) -> str:
+        return f"RerankPairs({self.dataset['dataset']}/{self.dataset['split']})"
+
+    def build(self, folder: Path) -> None:
+        from stillhouse.retrievers.runs import read_trec_run
+
+        run = read_trec_run(self.search().out_dir / "run.trec")
+        rows: dict[str, list] = {"query_id": [], "doc_id": [], "bm25": []}
+        for query_id, hits in run.items():
+            for doc_id, score in sorted(hits.items(), key=lambda item: (-item[1], item[0])):
+                rows["query_id"].append(query_id)
+                rows["doc_id"].append(doc_id)
+                rows["bm25"].append(score)
+        write_table(rows, folder / "pairs.parquet")
+        write_jsonl_queries(dict(LoadDataset(workdir=self.workdir, **self.dataset).load().queries),
+                            folder / "queries.jsonl")
+
+
+class SparseCorpus(CorpusTask):
+    """A SPLADE model's vector of every corpus document (``vectors.npz``, SciPy CSR, + ``docids.json``)."""
+
+    model = luigi.Parameter()
+    batch_size = luigi.IntParameter(default=32)
+    max_seq_length = luigi.IntParameter(default=0)
+
+    def requires(self):
+        return [self.dataset_task(), FetchModel(workdir=self.workdir, source=self.model)]
+
+    def fingerprint_payload(self) -> dict:
+        return {"max_seq_length": self.max_seq_length}  # the model enters through FetchModel
+
+    def build(self, folder: Path) -> None:
+        from scipy.sparse import save_npz
+
+        from stillhouse.retrievers.dense import document_text
+        from stillhouse.retrievers.teachers import encode_sparse_documents
+
+        corpus = self.dataset_task().load().corpus
+        ids = list(corpus)
+        started = time.perf_counter()
+        matrix = encode_sparse_documents(self.requires()[1].model_dir(), [document_text(corpus[d]) for d in ids],
+                                         self.batch_size, self.max_seq_length)
+        save_npz(folder / "vectors.npz", matrix)
+        (folder / "docids.json").write_text(json.dumps(ids))
+        (folder / "timing.json").write_text(json.dumps({"documents": len(ids),
+                                                        "seconds": time.perf_counter() - started}))
+
+    def load(self):
+        from scipy.sparse import load_npz
+
+        ids = json.loads((self.out_dir / "docids.json").read_text())
+        return load_npz(self.out_dir / "vectors.npz"), {d: i for i, d in enumerate(ids)}
+
+
+def pairs_task(workdir: str, pairs: dict) -> StageTask:
+    """The task whose ``pairs.parquet`` and ``queries.jsonl`` a teacher scores."""
+    if pairs["kind"] == "mined":
+        return MineCandidates(workdir=workdir, training=narrow(dict(pairs["training"]), MINE_KEYS))
+    return RerankPairs(workdir=workdir, dataset=pairs["dataset"], depth=pairs["depth"])
+
+
+class TeacherScores(StageTask):
+    """One teacher's score for every pair of a pair set (``scores.npy``, in ``pairs.parquet`` row order)."""
+
+    pairs = luigi.DictParameter(description="{kind: mined, training} or {kind: rerank, dataset, depth}")
+    corpus = luigi.DictParameter()
+    teacher = luigi.DictParameter(description="resolved teacher spec: kind, model source, settings")
+    name = luigi.Parameter(significant=False, default="")
+
+    def label(self) -> str:
+        return f"TeacherScores({self.name or self.teacher['kind']} on {self.pairs['kind']})"
+
+    def source(self) -> StageTask:
+        return pairs_task(self.workdir, dict(self.pairs))
+
+    def dense_index(self) -> DenseIndex:
+        t = self.teacher
+        return DenseIndex(workdir=self.workdir, dataset=self.corpus, model=t["model"], shards=t["shards"],
+                          batch_size=t["batch_size"], max_seq_length=t["max_seq_length"])
+
+    def sparse_corpus(self) -> SparseCorpus:
+        t = self.teacher
+        return SparseCorpus(workdir=self.workdir, dataset=self.corpus, model=t["model"], batch_size=t["batch_size"],
+                            max_seq_length=t["max_seq_length"])
+
+    def requires(self):
+        needed: list[StageTask] = [self.source(), LoadDataset(workdir=self.workdir, **self.corpus)]
+        kind = self.teacher["kind"]
+        if kind != "bm25":
+            needed.append(FetchModel(workdir=self.workdir, source=self.teacher["model"]))
+        if kind == "dense":
+            needed.append(self.dense_index())
+        if kind == "sparse":
+            needed.append(self.sparse_corpus())
+        if kind == "bm25":
+            needed.append(BM25Index(workdir=self.workdir, dataset=self.corpus, multifield=False))
+        return needed
+
+    def upstream_fingerprint(self, task: StageTask) -> str:
+        return corpus_only_fingerprint(task)
+
+    def fingerprint_payload(self) -> dict:
+        teacher = dict(self.teacher)
+        if teacher["kind"] != "dense":
+            teacher.pop("shards", None)
+        # What the pairs are (their identity enters through the pair task's fingerprint upstream).
+        source = self.pairs["dataset"] if self.pairs["kind"] == "rerank" else self.pairs["training"]["dataset"]
+        split = source["split"]
+        return {"teacher": teacher, "pairs": {"kind": self.pairs["kind"], "split": split}}
+
+    def build(self, folder: Path) -> None:
+        from stillhouse.retrievers import teachers
+
+        source = self.source().out_dir
+        table = read_table(source / "pairs.parquet")
+        pairs = list(zip(table["query_id"].tolist(), table["doc_id"].tolist(), strict=True))
+        queries = read_jsonl_queries(source / "queries.jsonl")
+        t = self.teacher
+        started = time.perf_counter()
+        if t["kind"] == "bm25":
+            index = BM25Index(workdir=self.workdir, dataset=self.corpus, multifield=False)
+            scores = teachers.bm25_pair_scores(index.out_dir / "index", queries, pairs, t["k1"], t["b"])
+        else:
+            model_dir = FetchModel(workdir=self.workdir, source=t["model"]).model_dir()
+            if t["kind"] == "dense":
+                scores = teachers.dense_pair_scores(model_dir, queries, self._doc_vectors({d for _, d in pairs}),
+                                                    pairs, t["batch_size"], t["max_seq_length"])
+            elif t["kind"] == "sparse":
+                doc_matrix, doc_rows = self.sparse_corpus().load()
+                scores = teachers.sparse_pair_scores(model_dir, queries, doc_matrix, doc_rows, pairs, t["batch_size"],
+                                                     t["max_seq_length"])
+            else:
+                corpus = LoadDataset(workdir=self.workdir, **self.corpus).load().corpus
+                scores = teachers.cross_pair_scores(model_dir, queries, corpus, pairs, t["batch_size"],
+                                                    t["max_seq_length"])
+        seconds = time.perf_counter() - started
+        np.save(folder / "scores.npy", scores)
+        (folder / "timing.json").write_text(json.dumps({"pairs": len(pairs), "seconds": round(seconds, 3),
+                                                        "pairs_per_second": len(pairs) / max(seconds, 1e-9),
+                                                        "device": teachers.pick_device()}))
+        log.info("%s: %d pairs in %.1fs", self.label(), len(pairs), seconds)
+
+    def _doc_vectors(self, needed: set[str]) -> dict[str, np.ndarray]:
+        """The teacher's cached corpus embeddings of the needed documents (read back from the FAISS index)."""
+        from stillhouse.retrievers import faiss_index
+
+        folder = self.dense_index().out_dir
+        index = faiss_index.load_index(folder / "index.faiss")
+        doc_ids = json.loads((folder / "docids.json").read_text())
+        return {d: index.reconstruct(row) for row, d in enumerate(doc_ids) if d in needed}
+
+    def load(self) -> np.ndarray:
+        return np.load(self.out_dir / "scores.npy")
+
+
+def teacher_scores(task: TrainTask, name: str, pairs: dict | None = None) -> TeacherScores:
+    pairs = pairs or {"kind": "mined", "training": narrow(dict(task.training), MINE_KEYS)}
+    return TeacherScores(workdir=task.workdir, pairs=pairs, corpus=task.corpus(),
+                         teacher=task.training["teachers"][name], name=name)
+
+
+class GuideFilter(TrainTask):
+    """GISTEmbed's guide filter over the mined candidates, and its study against the labels.
+
+    Output ``guide.parquet`` (every mined pair with guide score, its query's lowest positive score and
+    the kept flag) and ``study.json``: for each (strategy, margin), the judged-relevant candidates removed
+    (recall) and the other candidates removed (cost).
+    """
+
+    reads = GUIDE_KEYS
+
+    def guide_scores(self) -> TeacherScores:
+        return TeacherScores(workdir=self.workdir, pairs={"kind": "mined", "training": narrow(dict(self.training),
+                                                                                              MINE_KEYS)},
+                             corpus=self.corpus(), teacher=self.training["guide_teacher"], name=self.training["guide"])
+
+    def requires(self):
+        return [self.make(MineCandidates), self.guide_scores()]
+
+    def build(self, folder: Path) -> None:
+        from stillhouse.retrievers.guide import guide_keep, guide_study
+
+        table = read_table(self.make(MineCandidates).out_dir / "pairs.parquet")
+        scores = self.guide_scores().load().astype(np.float64)
+        query_ids, positive = table["query_id"], table["positive"].astype(bool)
+        lowest = {}
+        for q, s in zip(query_ids[positive], scores[positive], strict=True):
+            lowest[q] = min(s, lowest.get(q, np.inf))
+        positive_score = np.array([lowest[q] for q in query_ids])
+        candidate = ~positive
+        margin, strategy = self.training["guide_margin"], self.training["guide_margin_strategy"]
+        keep = (guide_keep(scores, positive_score, margin, strategy) if self.training["guide_filter"]
+                else np.ones(len(scores), dtype=bool))
+        judged = table["judged_relevant"].astype(bool)
+        kept = positive | (keep & ~judged)  # a candidate the labels call relevant is never kept as a negative
+        write_table({"query_id": query_ids, "doc_id": table["doc_id"], "positive": positive,
+                     "judged_relevant": judged, "guide_score": scores, "positive_score": positive_score,
+                     "kept": kept}, folder / "guide.parquet")
+        study = guide_study(scores[candidate], positive_score[candidate], judged[candidate],
+                            [tuple(m) for m in self.training["study"]])
+        (folder / "study.json").write_text(json.dumps(
+            [{**vars(row), "recall": row.recall, "cost": row.cost} for row in study], indent=2))
+        dropped = int((candidate & ~kept).sum())
+        log.info("guide filter: dropped %d of %d candidates", dropped, int(candidate.sum()))
+
+    def kept_mask(self) -> np.ndarray:
+        return read_table(self.out_dir / "guide.parquet")["kept"].astype(bool)
+
+
+class EnsembleScores(TrainTask):
+    """Raw, per-query normalized and aggregated teacher scores of the kept pairs (``ensemble.parquet``)."""
+
+    reads = ENSEMBLE_KEYS
+
+    def requires(self):
+        return [self.make(MineCandidates), self.make(GuideFilter),
+                *(teacher_scores(self, name) for name in self.training["teachers"])]
+
+    def build(self, folder: Path) -> None:
+        from stillhouse.retrievers.ensemble import aggregate, normalize_per_query
+
+        table = read_table(self.make(MineCandidates).out_dir / "pairs.parquet")
+        kept = self.make(GuideFilter).kept_mask()
+        query_ids = table["query_id"][kept]
+        columns: dict[str, list | np.ndarray] = {"query_id": query_ids, "doc_id": table["doc_id"][kept],
+                                                 "positive": table["positive"][kept]}
+        normalized = {}
+        for name in self.training["teachers"]:
+            raw = teacher_scores(self, name).load()[kept]
+            normalized[name] = normalize_per_query(raw, query_ids, self.training["normalization"])
+            columns[f"raw_{name}"] = raw
+            columns[f"norm_{name}"] = normalized[name]
+        columns["ensemble"] = aggregate(normalized, dict(self.training["weights"]))
+        write_table(columns, folder / "ensemble.parquet")
+
+
+class ClusterQueries(TrainTask):
+    """TAS topic clusters: spherical k-means over base-model query embeddings (``clusters.json``)."""
+
+    reads = CLUSTER_KEYS
+
+    def requires(self):
+        return [self.make(TrainingQueries), FetchModel(workdir=self.workdir, source=self.training["base"]["model"])]
+
+    def build(self, folder: Path) -> None:
+        from stillhouse.retrievers.dense import encode, load_sentence_encoder
+        from stillhouse.retrievers.tas import cluster_queries
+
+        queries, _, _ = self.make(TrainingQueries).load()
+        model = load_sentence_encoder(self.requires()[1].model_dir(), self.training["base"]["max_seq_length"] or None)
+        ids = list(queries)
+        vectors = encode(model, [queries[q] for q in ids], self.training["base"]["batch_size"], desc="queries")
+        labels = cluster_queries(vectors, self.training["clusters"], self.training["seed"])
+        (folder / "clusters.json").write_text(json.dumps(dict(zip(ids, labels.tolist(), strict=True))))
+        sizes = np.bincount(labels)
+        log.info("%d queries in %d clusters (sizes %d-%d)", len(ids), len(sizes), sizes.min(), sizes.max())
+
+    def load(self) -> dict[str, int]:
+        return json.loads((self.out_dir / "clusters.json").read_text())
+
+
+class TASTriples(TrainTask):
+    """(query, positive, negative, ensemble margin, cluster) triples for TAS-Balanced training, and the
+    sampler's balance measured against uniform random pair sampling (``balance.json``)."""
+
+    reads = TAS_KEYS
+    epochs_measured = 5
+
+    def requires(self):
+        return [self.make(EnsembleScores), self.make(ClusterQueries), self.make(TrainingQueries)]
+
+    def build(self, folder: Path) -> None:
+        from stillhouse.retrievers.tas import tas_balanced_sampler
+
+        table = read_table(self.make(EnsembleScores).out_dir / "ensemble.parquet")
+        clusters = self.make(ClusterQueries).load()
+        queries, _, _ = self.make(TrainingQueries).load()
+        triples = build_triples(table)
+        if not triples["query_id"]:
+            raise UserError("training data: no (positive, negative) pair survived mining and the guide filter; "
+                            "raise bm25_candidates / dense_candidates or the guide margin")
+        triples["query"] = [queries[q] for q in triples["query_id"]]
+        triples["cluster"] = [clusters[q] for q in triples["query_id"]]
+        write_table(triples, folder / "triples.parquet")
+        sampler = tas_balanced_sampler(triples["query_id"], clusters, triples["margin"],
+                                       self.training["margin_bins"])(list(range(len(triples["query_id"]))),
+                                                                     batch_size=32, drop_last=False,
+                                                                     seed=self.training["seed"])
+        balance = measure_balance(sampler, triples, self.epochs_measured, self.training["seed"])
+        (folder / "balance.json").write_text(json.dumps(balance, indent=2))
+        log.info("TAS-Balanced: KL to uniform %.3f (random sampling %.3f), %d triples",
+                 balance["kl_tas"], balance["kl_random"], len(triples["query_id"]))
+
+
+def build_triples(table: dict[str, np.ndarray]) -> dict[str, list]:
+    """Every (positive, kept negative) pair of each query with its ensemble margin ``S(q,p) - S(q,n)``."""
+    out: dict[str, list] = {"query_id": [], "positive_id": [], "negative_id": [], "margin": []}
+    by_query: dict[str, tuple[list, list]] = {}
+    for q, d, pos, score in zip(table["query_id"], table["doc_id"], table["positive"], table["ensemble"],
+                                strict=True):
+        by_query.setdefault(q, ([], []))[0 if pos else 1].append((d, float(score)))
+    for q, (positives, negatives) in by_query.items():
+        for p, p_score in positives:
+            for n, n_score in negatives:
+                out["query_id"].append(q)
+                out["positive_id"].append(p)
+                out["negative_id"].append(n)
+                out["margin"].append(p_score - n_score)
+    return out
+
+
+def measure_balance(sampler, triples: dict[str, list], epochs: int, seed: int) -> dict:
+    """KL to uniform of the sampled margins' histogram, TAS-Balanced vs one random pair per query."""
+    from stillhouse.retrievers.tas import assign_bins, histogram_kl_to_uniform, random_pair_sample
+
+    margins = np.asarray(triples["margin"])
+    tas_rows, random_rows, single_cluster = [], [], 0
+    batches = 0
+    for epoch in range(epochs):
+        sampler.set_epoch(epoch)
+        for batch in sampler:
+            tas_rows += batch
+            batches += 1
+            single_cluster += len({triples["cluster"][r] for r in batch}) == 1
+        random_rows += random_pair_sample(triples["query_id"], seed + epoch)
+    edges = sampler.edges
+    bins = len(edges) - 1
+    return {"kl_tas": histogram_kl_to_uniform(margins[tas_rows], edges),
+            "kl_random": histogram_kl_to_uniform(margins[random_rows], edges),
+            "hist_tas": np.bincount(assign_bins(margins[tas_rows], edges), minlength=bins).tolist(),
+            "hist_random": np.bincount(assign_bins(margins[random_rows], edges), minlength=bins).tolist(),
+            "edges": edges.tolist(), "batches": batches, "single_cluster_batches": single_cluster,
+            "epochs": epochs, "triples": len(margins)}

@@ -1,0 +1,78 @@
+"""Dense bi-encoders (Sentence-BERT, Reimers & Gurevych 2019) through sentence-transformers."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def pick_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_sentence_encoder(model_dir: Path, max_seq_length: int | None = None, device: str | None = None,
+                          half: bool = True):
+    """Load a local sentence-transformers folder (never reaching the hub); bf16 on GPU unless ``half`` is off.
+
+    With ``half`` off the weights are fp32 whatever the folder stores: training keeps fp32 master weights
+    (a half-precision checkpoint would otherwise be trained in half precision)."""
+    from sentence_transformers import SentenceTransformer
+
+    device = device or pick_device()
+    model = SentenceTransformer(str(model_dir), device=device, local_files_only=True)
+    if max_seq_length:
+        model.max_seq_length = max_seq_length
+    if device == "cuda" and half:
+        model = model.bfloat16()
+    elif not half:
+        model = model.float()
+    return model
+
+
+def document_text(doc: dict[str, str]) -> str:
+    """BEIR's convention for dense models: ``title + " " + text``."""
+    return f"{doc.get('title', '')} {doc.get('text', '')}".strip()
+
+
+def encode(model, texts: list[str], batch_size: int, progress: bool = True, desc: str = "encoding") -> np.ndarray:
+    """Embeddings as float32 (normalized if the model's pipeline normalizes)."""
+    if not texts:
+        return np.zeros((0, model.get_sentence_embedding_dimension()), dtype=np.float32)
+    vectors = model.encode(texts, batch_size=batch_size, show_progress_bar=progress, convert_to_numpy=True)
+    return np.asarray(vectors, dtype=np.float32)
+
+
+def dense_search(model_dir: Path, index_dir: Path, queries: dict[str, str], k: int, batch_size: int = 64,
+                 max_seq_length: int = 0, progress: bool = False):
+    """Top-``k`` documents per query from a FAISS index folder (``index.faiss`` + ``docids.json``)."""
+    import json
+
+    from stillhouse.retrievers import faiss_index
+
+    model = load_sentence_encoder(model_dir, max_seq_length or None)
+    query_ids = list(queries)
+    vectors = encode(model, [queries[q] for q in query_ids], batch_size, progress=progress, desc="queries")
+    scores, rows = faiss_index.search(faiss_index.load_index(index_dir / "index.faiss"), vectors, k)
+    doc_ids = json.loads((index_dir / "docids.json").read_text())
+    return {qid: {doc_ids[r]: float(s) for s, r in zip(scores[i], rows[i], strict=True) if r >= 0}
+            for i, qid in enumerate(query_ids)}
+
+
+def build_corpus_index(model, corpus: dict[str, dict[str, str]], out_dir: Path, batch_size: int = 64) -> None:
+    """Encode every document (title + text) and write an exact FAISS index folder (``index.faiss`` +
+    ``docids.json``), the layout ``dense_search`` reads."""
+    import json
+
+    from stillhouse.retrievers import faiss_index
+
+    ids = list(corpus)
+    vectors = encode(model, [document_text(corpus[i]) for i in ids], batch_size, desc="corpus")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    faiss_index.save_index(faiss_index.build_flat_ip(vectors), out_dir / "index.faiss")
+    (out_dir / "docids.json").write_text(json.dumps(ids))

@@ -1,0 +1,220 @@
+"""Distill the teacher ensemble into a dense bi-encoder with the sentence-transformers trainer.
+
+Two losses on the same (query, positive, negative) batches, weights configurable:
+
+* Margin-MSE (Hofstätter et al., 2020, "Improving Efficient Neural Ranking Models with Cross-Architecture
+  Knowledge Distillation", Eq. 1): ``L = (M_s(q, p) - M_s(q, n) - (M_t(q, p) - M_t(q, n)))^2`` with the
+  student's dot products ``M_s`` and the aggregated, per-query normalized ensemble ``M_t`` (Geng et al.,
+  2024, §3.2); sentence-transformers' ``MarginMSELoss``.
+* GISTEmbed (Solatorio, 2024, Eq. 2-3): InfoNCE over in-batch positives and negatives where every
+  in-batch candidate the guide scores at or above the query's positive is masked out;
+  sentence-transformers' ``GISTEmbedLoss``.
+
+Batches come from the TAS-Balanced sampler (``stillhouse.retrievers.tas``): one topic cluster per batch,
+negatives drawn uniformly over teacher-margin bins; ``sampler = "random"`` is the ablation (one
+uniformly random triple per query, batches across all clusters). Checkpoints go to a folder that
+survives a killed run; the next run resumes from the last one.
+
+sentence-transformers combines losses only across data sets (one loss per data set); the weighted sum
+over one batch, which the TAS sampler needs, is ``WeightedLossSum`` below.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from stillhouse.retrievers.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+class WeightedLossSum(nn.Module):
+    """``sum_i w_i L_i(batch)`` over sentence-transformers losses that read the same columns."""
+
+    def __init__(self, model, losses: dict[str, tuple[nn.Module, float]]) -> None:
+        super().__init__()
+        self.model = model
+        self.parts = nn.ModuleDict({name: loss for name, (loss, _) in losses.items()})
+        self.weights = {name: weight for name, (_, weight) in losses.items()}
+
+    def forward(self, sentence_features, labels):
+        features = list(sentence_features)
+        total = None
+        for name, loss in self.parts.items():
+            # Each loss gets its own shallow copies: models write their outputs into the dicts they are given.
+            value = self.weights[name] * loss([dict(f) for f in features], labels)
+            total = value if total is None else total + value
+        return total
+
+
+@dataclass(frozen=True)
+class DenseStudentSettings:
+    """What ``train_dense_student`` needs besides the data (a config's ``[dense_student]``)."""
+
+    epochs: int = 1
+    batch_size: int = 32
+    learning_rate: float = 2e-5
+    warmup_ratio: float = 0.1
+    max_seq_length: int = 256  # training truncation only: the saved model keeps the base model's window
+    sampler: str = "tas-balanced"  # or "random"
+    margin_mse_weight: float = 1.0
+    in_batch_loss: str = "gist"  # or "mnrl": in-batch InfoNCE without the guide (the ablation)
+    in_batch_weight: float = 1.0
+    temperature: float = 0.01
+    guide_margin: float = 0.0
+    margin_bins: int = 10
+    checkpoint_steps: int = 50
+    seed: int = 13
+
+
+def select_rows(query_ids: np.ndarray, margins: np.ndarray, per_query: int) -> np.ndarray:
+    """At most ``per_query`` rows per query, spread evenly over its margin ranking (so every margin bin
+    the query has stays represented); all rows of queries with fewer."""
+    keep: list[int] = []
+    order = np.lexsort((margins, query_ids))
+    boundaries = np.flatnonzero(np.r_[True, query_ids[order][1:] != query_ids[order][:-1], True])
+    for start, end in itertools.pairwise(boundaries):
+        rows = order[start:end]
+        if per_query and len(rows) > per_query:
+            rows = rows[np.linspace(0, len(rows) - 1, per_query).round().astype(int)]
+        keep.extend(rows.tolist())
+    return np.sort(np.asarray(keep, dtype=np.int64))
+
+
+def student_triples(table: dict[str, np.ndarray], corpus: dict[str, dict[str, str]], weights: dict[str, float],
+                    per_query: int, margin_scale: float) -> dict[str, list]:
+    """The training columns ``train_dense_student`` reads, from a TASTriples table (ids, query text, ensemble
+    margin, cluster): at most ``per_query`` rows per query (``select_rows``), document texts filled in, and
+    margins rescaled to the student's range.
+
+    The ensemble is a weighted sum of [0, 1]-normalized scores, so dividing by the total weight puts its
+    margins in [-1, 1], the range of the student's cosine margins; ``margin_scale`` stretches them from there.
+    """
+    from stillhouse.retrievers.dense import document_text
+
+    rows = select_rows(table["query_id"], table["margin"], per_query)
+    total_weight = sum(weights.values())
+    return {"query_id": table["query_id"][rows].tolist(), "query": table["query"][rows].tolist(),
+            "positive": [document_text(corpus[d]) for d in table["positive_id"][rows]],
+            "negative": [document_text(corpus[d]) for d in table["negative_id"][rows]],
+            "margin": (table["margin"][rows] / total_weight * margin_scale).tolist(),
+            "cluster": table["cluster"][rows].tolist()}
+
+
+def student_settings(student: dict, guide_margin: float, margin_bins: int) -> DenseStudentSettings:
+    """``DenseStudentSettings`` from a config's ``[dense_student]`` table and the training data's guide margin
+    and margin bins."""
+    names = {f for f in DenseStudentSettings.__dataclass_fields__ if f not in ("guide_margin", "margin_bins")}
+    return DenseStudentSettings(guide_margin=guide_margin, margin_bins=margin_bins,
+                                **{k: v for k, v in student.items() if k in names})
+
+
+CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
+
+
+def checkpoint_step(path: Path) -> int:
+    """The global step a trainer checkpoint folder (``checkpoint-N``) was saved at."""
+    return int(path.name.rsplit("-", 1)[-1])
+
+
+def last_complete_checkpoint(checkpoint_dir: Path) -> str | None:
+    """The newest ``checkpoint-N`` folder the trainer finished writing; any newer, partial one (a kill during
+    a save) is removed so the trainer's own rotation never picks it."""
+    found = sorted((checkpoint_step(p), p) for p in checkpoint_dir.glob("checkpoint-*")
+                   if p.name.rsplit("-", 1)[-1].isdigit())
+    for _, path in reversed(found):
+        if all((path / name).is_file() for name in CHECKPOINT_FILES):
+            return str(path)
+        log.warning("removing incomplete checkpoint %s", path)
+        shutil.rmtree(path, ignore_errors=True)
+    return None
+
+
+def train_dense_student(base_dir: Path, guide_dir: Path | None, triples: dict[str, list], out_dir: Path,
+                        checkpoint_dir: Path, settings: DenseStudentSettings) -> dict:
+    """Train a copy of ``base_dir`` on ``triples`` (columns query_id, query, positive, negative, margin,
+    cluster) and save it to ``out_dir`` as a plain sentence-transformers folder; return training stats.
+
+    ``checkpoint_dir`` holds the trainer's checkpoints; when it has one, training resumes from it.
+    """
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers.sentence_transformer.losses import MarginMSELoss, MultipleNegativesRankingLoss
+
+    from stillhouse.retrievers.dense import load_sentence_encoder
+    from stillhouse.retrievers.guide import gist_loss
+    from stillhouse.retrievers.tas import tas_balanced_sampler
+
+    if not triples["query_id"]:
+        raise UserError("dense student: no training triples; see the training-data report")
+    torch.manual_seed(settings.seed)
+    model = load_sentence_encoder(base_dir, half=False)  # fp32 weights, bf16 autocast on GPU
+    # Train on truncated texts (the cost is in the sequence length) but save the base model's own window, which
+    # the student's corpus index then uses.
+    saved_max_seq_length = model.max_seq_length
+    model.max_seq_length = settings.max_seq_length
+    on_gpu = model.device.type == "cuda"
+    losses: dict[str, tuple[nn.Module, float]] = {}
+    if settings.margin_mse_weight > 0:
+        losses["margin_mse"] = (MarginMSELoss(model), settings.margin_mse_weight)
+    if settings.in_batch_weight > 0 and settings.in_batch_loss == "gist":
+        if guide_dir is None:
+            raise UserError("dense student: in_batch_loss = \"gist\" needs a guide model")
+        guide = load_sentence_encoder(guide_dir, settings.max_seq_length, half=on_gpu)
+        guide.eval()
+        losses["gist"] = (gist_loss(model, guide, margin=settings.guide_margin, temperature=settings.temperature,
+                                    guide_name=guide_dir.name), settings.in_batch_weight)
+    elif settings.in_batch_weight > 0:
+        losses["mnrl"] = (MultipleNegativesRankingLoss(model, scale=1 / settings.temperature),
+                          settings.in_batch_weight)
+    if not losses:
+        raise UserError("dense student: margin_mse_weight and in_batch_weight are both 0; give one a positive weight")
+    data = Dataset.from_dict({"anchor": triples["query"], "positive": triples["positive"],
+                              "negative": triples["negative"],
+                              "label": np.asarray(triples["margin"], dtype=np.float32).tolist()})
+    if settings.sampler == "tas-balanced":
+        clusters = {q: int(c) for q, c in zip(triples["query_id"], triples["cluster"], strict=True)}
+        bins = settings.margin_bins
+    else:  # one cluster and one bin: a uniformly random triple per query, batches across every topic
+        clusters, bins = dict.fromkeys(triples["query_id"], 0), 1
+    sampler = tas_balanced_sampler(list(triples["query_id"]), clusters, triples["margin"], bins)
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    resume_from = last_complete_checkpoint(checkpoint_dir)
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(checkpoint_dir), num_train_epochs=settings.epochs,
+        per_device_train_batch_size=settings.batch_size, learning_rate=settings.learning_rate,
+        warmup_steps=settings.warmup_ratio, batch_sampler=sampler, save_strategy="steps",
+        save_steps=settings.checkpoint_steps, save_total_limit=2, logging_steps=10, report_to=[],
+        seed=settings.seed, bf16=on_gpu and torch.cuda.is_bf16_supported(), use_cpu=not on_gpu,
+        disable_tqdm=False, dataloader_drop_last=False)
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=data,
+                                         loss=WeightedLossSum(model, losses))
+    if resume_from:
+        log.info("resuming dense student training from %s", resume_from)
+    started = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=resume_from)
+    seconds = time.perf_counter() - started
+    model.max_seq_length = saved_max_seq_length
+    model.save(str(out_dir))
+    steps_resumed = checkpoint_step(Path(resume_from)) if resume_from else 0
+    steps_run = trainer.state.global_step - steps_resumed
+    pairs = steps_run * settings.batch_size
+    stats = {"triples": len(triples["query_id"]), "queries": len(set(triples["query_id"])),
+             "steps": trainer.state.global_step, "resumed_from_step": steps_resumed,
+             "train_loss": float(result.training_loss), "seconds": seconds,
+             "pairs_per_second": pairs / max(seconds, 1e-9), "device": str(model.device),
+             "precision": "bf16" if args.bf16 else "fp32", "losses": {k: w for k, (_, w) in losses.items()},
+             "loss_log": [e for e in trainer.state.log_history if "loss" in e]}
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    log.info("dense student: %d steps in %.0fs (%.1f triples/s, loss %.4f)", stats["steps"], seconds,
+             stats["pairs_per_second"], stats["train_loss"])
+    return stats

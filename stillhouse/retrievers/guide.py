@@ -1,0 +1,105 @@
+"""GISTEmbed's guided false-negative filter (Solatorio, 2024, "GISTEmbed: Guided In-sample Selection of
+Training Negatives for Text Embedding Fine-tuning", §3.1).
+
+A guide model ``G`` scores the query against its positive and against each candidate negative. A
+candidate the guide finds about as relevant as the positive is probably an unlabeled positive (a false
+negative) and is dropped:
+
+* absolute margin: drop ``c`` when ``G(q, c) >= G(q, p) - margin``
+* relative margin: drop ``c`` when ``G(q, c) >= G(q, p) - |G(q, p)| * margin``
+
+With several positives, ``G(q, p)`` is the lowest positive score: a candidate the guide ranks with a
+known positive is treated as one. The same rule runs in-batch during training through
+sentence-transformers' ``GISTEmbedLoss`` / ``CachedGISTEmbedLoss`` (``gist_loss`` below).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from stillhouse.retrievers.errors import UserError
+
+MarginStrategy = Literal["absolute", "relative"]
+
+
+def guide_threshold(positive_score: np.ndarray, margin: float, strategy: MarginStrategy) -> np.ndarray:
+    """The score at or above which a candidate counts as a false negative."""
+    positive_score = np.asarray(positive_score, dtype=np.float64)
+    if strategy == "absolute":
+        return positive_score - margin
+    if strategy == "relative":
+        return positive_score - np.abs(positive_score) * margin
+    raise ValueError(f"unknown margin strategy {strategy!r}")
+
+
+def guide_keep(candidate_score: np.ndarray, positive_score: np.ndarray, margin: float,
+               strategy: MarginStrategy) -> np.ndarray:
+    """True for candidates the guide keeps as negatives (scored strictly below the threshold)."""
+    return np.asarray(candidate_score, dtype=np.float64) < guide_threshold(positive_score, margin, strategy)
+
+
+@dataclass(frozen=True)
+class GuideStudyRow:
+    """What one margin setting removes, measured against labels the miner was not told about."""
+
+    strategy: str
+    margin: float
+    false_negatives: int  # candidates the qrels mark relevant
+    false_negatives_removed: int
+    others: int  # candidates the qrels do not mark relevant
+    others_removed: int
+
+    @property
+    def recall(self) -> float:
+        return self.false_negatives_removed / self.false_negatives if self.false_negatives else 0.0
+
+    @property
+    def cost(self) -> float:
+        return self.others_removed / self.others if self.others else 0.0
+
+
+def guide_study(candidate_score: np.ndarray, positive_score: np.ndarray, known_relevant: np.ndarray,
+                margins: list[tuple[MarginStrategy, float]]) -> list[GuideStudyRow]:
+    """Recall (relevant candidates removed) and cost (others removed) of each (strategy, margin)."""
+    known_relevant = np.asarray(known_relevant, dtype=bool)
+    rows = []
+    for strategy, margin in margins:
+        removed = ~guide_keep(candidate_score, positive_score, margin, strategy)
+        rows.append(GuideStudyRow(strategy, margin, int(known_relevant.sum()),
+                                  int((removed & known_relevant).sum()), int((~known_relevant).sum()),
+                                  int((removed & ~known_relevant).sum())))
+    return rows
+
+
+def check_guide_tokenizer(student, guide, student_name: str, guide_name: str) -> None:
+    """Refuse an in-batch guide that cannot read what the student reads.
+
+    GISTEmbedLoss hands the guide the student's token ids; with a different vocabulary it decodes them
+    to text and re-tokenizes, which silently truncates when the guide's window is shorter than the
+    student's. That case is a config error here, stated in one line.
+    """
+    same_vocab = student.tokenizer.get_vocab() == guide.tokenizer.get_vocab()
+    if not same_vocab and guide.max_seq_length < student.max_seq_length:
+        raise UserError(
+            f"guide {guide_name}: its tokenizer differs from the student's ({student_name}) and its window "
+            f"({guide.max_seq_length} tokens) is shorter than the student's ({student.max_seq_length}); "
+            "pick a guide with the student's tokenizer or lower the student's max_seq_length"
+        )
+
+
+def gist_loss(student, guide, margin: float = 0.0, strategy: MarginStrategy = "absolute", cached: bool = False,
+              mini_batch_size: int = 32, temperature: float = 0.01, student_name: str = "student",
+              guide_name: str = "guide"):
+    """sentence-transformers' GISTEmbedLoss (or its gradient-cached variant for large batches), after
+    ``check_guide_tokenizer``."""
+    from sentence_transformers.sentence_transformer import losses
+
+    check_guide_tokenizer(student, guide, student_name, guide_name)
+
+    if cached:
+        return losses.CachedGISTEmbedLoss(student, guide, temperature=temperature, mini_batch_size=mini_batch_size,
+                                          margin_strategy=strategy, margin=margin)
+    return losses.GISTEmbedLoss(student, guide, temperature=temperature, margin_strategy=strategy, margin=margin)

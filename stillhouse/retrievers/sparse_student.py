@@ -1,0 +1,315 @@
+"""The inference-free learned sparse retriever, distilled from the teacher ensemble.
+
+Geng, Ru and Yang, 2024, "Towards Competitive Search Relevance For Inference-Free Learned Sparse Retrievers"
+(arXiv 2411.04403):
+
+* **Document side**: a masked-LM transformer with SPLADE pooling over the vocabulary V,
+  ``d_t = max_i log(1 + ReLU(logit_{i,t}))`` (Formal et al., 2021, SPLADE v2, Eq. 2).
+* **Query side, no model**: the query's distinct tokens weighted by a static table,
+  ``q_t = idf_t * 1[t in q]`` with ``idf_t = log(1 + (N - df_t + 0.5) / (df_t + 0.5))`` over the corpus.
+  The score is ``s(q, d) = sum_t q_t d_t = sum_{t in q} idf_t d_t``.
+* **IDF-aware FLOPS** (§3.1): the FLOPS regularizer (Paria et al., 2020) stays on the raw document weights,
+  ``L_FLOPS = sum_{t in V} ((1/N) sum_{i=1..N} d_{i,t})^2`` over a batch of N documents, while the ranking
+  loss sees the IDF-weighted score. Written on the weights the score actually uses, ``w_t = idf_t d_t``,
+  the penalty is ``sum_t idf_t^-2 ((1/N) sum_i w_{i,t})^2``: a low-IDF token pays more per unit of score
+  than a high-IDF one, so sparsification prunes uninformative tokens first and keeps the informative ones.
+  ``regularizer = "plain"`` is the ablation: the score uses binary query weights
+  (``q_t = 1[t in q]``, the SPLADE-doc setting), so FLOPS weighs every token's score contribution the same.
+  Both variants query with the weights they were trained with.
+* **Distillation** (§3.2): the ensemble's per-query min-max normalized, weighted scores
+(``stillhouse.retrievers.ensemble``)
+  become the labels: margin-MSE on ``s(q, p) - s(q, n)`` (Hofstätter et al., 2020, Eq. 1), or KL divergence
+  between the teacher's and the student's softmax over each triple's candidates (with two candidates the
+  teacher's softmax depends only on its margin, which is what the triples keep).
+
+Built from sentence-transformers' SparseEncoder: a ``Router`` with ``SparseStaticEmbedding`` (the IDF table) on
+the query route and ``Transformer(fill-mask) + SpladePooling`` on the document route, trained with its
+``SparseEncoderTrainer`` and ``SpladeLoss`` (document regularizer only).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from stillhouse.retrievers.errors import UserError
+
+log = logging.getLogger(__name__)
+
+IDF_FILE = "idf.json"
+
+
+def has_mlm_head(model_dir: Path) -> bool:
+    """Whether the checkpoint carries a masked-LM head (a ``*ForMaskedLM`` architecture or ``cls.predictions``
+    weights)."""
+    from transformers import AutoConfig
+
+    architectures = AutoConfig.from_pretrained(model_dir).architectures or []
+    if any(a.endswith("ForMaskedLM") for a in architectures):
+        return True
+    weights = model_dir / "model.safetensors"
+    if weights.is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(weights), framework="pt") as handle:
+            return any(k.startswith(("cls.predictions", "lm_head")) for k in handle.keys())
+    return False
+
+
+def masked_lm_folder(base_dir: Path, mlm_head: str, out_dir: Path, name: str = "", seed: int = 13) -> Path:
+    """The document encoder's starting checkpoint, a ``*ForMaskedLM`` folder.
+
+    ``mlm_head = "model"``: the base must already have its MLM head (SPLADE-tiny, BERT). ``"tied"``: a BERT
+    encoder without one (all-MiniLM-L6-v2) gets a new head whose output projection is tied to its word
+    embeddings; the head's transform layer starts from its initialization, the vocabulary projection from the
+    embeddings, as in BERT's pre-training. ``name`` (the model's source string) names it in errors.
+    """
+    name = name or str(base_dir)
+    from transformers import AutoConfig, AutoModel, AutoTokenizer, BertForMaskedLM
+
+    if mlm_head == "model":
+        if not has_mlm_head(base_dir):
+            raise UserError(f"sparse_student.base_model ({name}) has no masked-LM head; set "
+                            "sparse_student.mlm_head = \"tied\" to add one tied to its word embeddings, or start "
+                            "from a SPLADE or BERT masked-LM checkpoint")
+        return base_dir
+    config = AutoConfig.from_pretrained(base_dir)
+    if config.model_type != "bert":
+        raise UserError(f"sparse_student.mlm_head = \"tied\" builds a BERT MLM head; {name} is a "
+                        f"{config.model_type!r} model")
+    config.tie_word_embeddings = True
+    config.architectures = ["BertForMaskedLM"]
+    torch.manual_seed(seed)  # the new head's transform layer: the same fingerprint gives the same model
+    mlm = BertForMaskedLM(config)
+    encoder = AutoModel.from_pretrained(base_dir)
+    # BertForMaskedLM's encoder has no pooler: the sentence encoder's pooler weights are not needed.
+    weights = {k: v for k, v in encoder.state_dict().items() if not k.startswith("pooler.")}
+    missing, unexpected = mlm.bert.load_state_dict(weights, strict=False)
+    if unexpected or missing:
+        raise UserError(f"{name}: its weights do not fit a BERT encoder (missing {missing[:3]}, "
+                        f"unexpected {unexpected[:3]})")
+    mlm.tie_weights()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    mlm.save_pretrained(out_dir)
+    AutoTokenizer.from_pretrained(base_dir).save_pretrained(out_dir)
+    return out_dir
+
+
+def write_idf_json(tokenizer, weights: np.ndarray, path: Path) -> None:
+    """``{token: weight}`` for every token with a positive weight (OpenSearch's ``idf.json`` layout)."""
+    tokens = tokenizer.convert_ids_to_tokens(list(range(len(weights))))
+    path.write_text(json.dumps({t: round(float(w), 6) for t, w in zip(tokens, weights, strict=True) if w > 0}))
+
+
+def read_idf_json(path: Path, tokenizer) -> np.ndarray:
+    """The weight vector of an ``idf.json`` over ``tokenizer``'s vocabulary; a table made for another vocabulary
+    is refused."""
+    try:
+        table = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path}: not a readable idf.json ({exc})") from None
+    if not isinstance(table, dict) or not table:
+        raise UserError(f"{path}: an idf.json maps tokens to weights ({{\"token\": 1.23, ...}})")
+    vocab = tokenizer.get_vocab()
+    unknown = [t for t in table if t not in vocab]
+    if unknown:
+        raise UserError(f"{path}: {len(unknown)} of {len(table)} tokens are not in the document encoder's "
+                        f"vocabulary (e.g. {unknown[0]!r}): the IDF table was made for another tokenizer; "
+                        "recompute it for this encoder (sparse_student.idf = \"corpus\")")
+    weights = np.zeros(len(vocab), dtype=np.float32)
+    for token, weight in table.items():
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or weight < 0:
+            raise UserError(f"{path}: the weight of {token!r} is {weight!r}; weights are non-negative numbers")
+        weights[vocab[token]] = float(weight)
+    return weights
+
+
+def query_weights(idf: np.ndarray, regularizer: str) -> np.ndarray:
+    """The query route's static table: IDF for the IDF-aware model, ones for the plain-FLOPS ablation."""
+    return idf if regularizer == "idf-aware" else np.ones_like(idf)
+
+
+def build_inference_free_encoder(doc_dir: Path, weights: np.ndarray, max_seq_length: int, device: str | None = None):
+    """SparseEncoder(Router(query: SparseStaticEmbedding(weights), document: Transformer(fill-mask) +
+    SpladePooling("max")))."""
+    from sentence_transformers import SparseEncoder
+    from sentence_transformers.sparse_encoder.modules import Router, SparseStaticEmbedding, SpladePooling, Transformer
+
+    from stillhouse.retrievers.dense import pick_device
+
+    document = Transformer(str(doc_dir), transformer_task="fill-mask", max_seq_length=max_seq_length)
+    vocab_size = document.auto_model.config.vocab_size
+    if len(weights) != vocab_size or len(document.tokenizer) != vocab_size:
+        raise UserError(f"the query weight table has {len(weights)} entries, the document encoder {doc_dir} "
+                        f"outputs {vocab_size} terms and its tokenizer has {len(document.tokenizer)}: query and "
+                        "document must share one vocabulary")
+    query = SparseStaticEmbedding(tokenizer=document.tokenizer, weight=torch.tensor(weights, dtype=torch.float32),
+                                  frozen=True)
+    router = Router.for_query_document(query_modules=[query], document_modules=[document, SpladePooling("max")])
+    return SparseEncoder(modules=[router], similarity_fn_name="dot", device=device or pick_device())
+
+
+def document_route(model):
+    """The document encoder (the masked-LM Transformer) of an inference-free SparseEncoder."""
+    return model[0].sub_modules["document"][0]
+
+
+def load_inference_free_encoder(model_dir: Path, device: str | None = None):
+    from sentence_transformers import SparseEncoder
+
+    from stillhouse.retrievers.dense import pick_device
+
+    return SparseEncoder(str(model_dir), device=device or pick_device(), local_files_only=True)
+
+
+@dataclass(frozen=True)
+class SparseStudentSettings:
+    """What ``train_sparse_student`` needs besides the data (a config's ``[sparse_student]``)."""
+
+    regularizer: str = "idf-aware"  # or "plain"
+    flops_weight: float = 3e-3
+    margin_scale: float = 0.0  # teacher margin multiplier; 0: calibrated to the untrained student (margin_scale_for)
+    loss: str = "margin-mse"  # or "kl"
+    temperature: float = 1.0
+    epochs: int = 1
+    batch_size: int = 32
+    learning_rate: float = 5e-5
+    warmup_ratio: float = 0.1
+    max_seq_length: int = 256  # the document window the saved model indexes with
+    train_max_seq_length: int = 0  # training truncation (0: max_seq_length); the cost is the MLM head per token
+    sampler: str = "tas-balanced"
+    margin_bins: int = 10
+    checkpoint_steps: int = 50
+    seed: int = 13
+
+
+def sparse_student_settings(student: dict, margin_bins: int) -> SparseStudentSettings:
+    """``SparseStudentSettings`` from a config's ``[sparse_student]`` table and the training data's margin bins
+    (keys that are not training settings, such as ``base_model`` or ``idf``, are left out)."""
+    names = set(SparseStudentSettings.__dataclass_fields__) - {"margin_bins"}
+    return SparseStudentSettings(margin_bins=margin_bins, **{k: v for k, v in student.items() if k in names})
+
+
+def sparse_loss(model, settings: SparseStudentSettings):
+    """SpladeLoss(distillation loss, FLOPS on the documents only: the query route has no model to regularize)."""
+    from sentence_transformers.sparse_encoder.losses import SparseDistillKLDivLoss, SparseMarginMSELoss, SpladeLoss
+
+    base = SparseMarginMSELoss(model) if settings.loss == "margin-mse" else \
+        SparseDistillKLDivLoss(model, temperature=settings.temperature)
+    return SpladeLoss(model, loss=base, document_regularizer_weight=settings.flops_weight,
+                      query_regularizer_weight=None)
+
+
+def margin_scale_for(model, triples: dict[str, list], sample: int = 256, seed: int = 13) -> float:
+    """The factor that gives the teacher margins the spread of the untrained student's margins on a sample of
+    triples: ``std(s(q, p) - s(q, n)) / std(teacher margin)``.
+
+    The ensemble's margins live in [-1, 1]; an inference-free model's scores are sums of IDF times document
+    weights (tens on SciFact), and binary-query scores are several times smaller. Without a common scale the
+    margin-MSE would first have to shrink or inflate every document weight.
+    """
+    rows = np.random.default_rng(seed).permutation(len(triples["query"]))[:sample]
+    pick = [triples[c] for c in ("query", "positive", "negative")]
+    queries, positives, negatives = ([column[i] for i in rows] for column in pick)
+    with torch.no_grad():
+        query = model.encode_query(queries, convert_to_sparse_tensor=True, show_progress_bar=False)
+        student = (model.similarity_pairwise(query, model.encode_document(positives, convert_to_sparse_tensor=True))
+                   - model.similarity_pairwise(query, model.encode_document(negatives, convert_to_sparse_tensor=True)))
+    teacher = np.asarray(triples["margin"], dtype=np.float64)[rows]
+    return float(np.std(student.float().cpu().numpy()) / max(float(np.std(teacher)), 1e-6))
+
+
+def fitted_margin_scale(model, triples: dict[str, list], checkpoint_dir: Path, resuming: bool, seed: int) -> float:
+    """``margin_scale_for`` the untrained student, kept beside its checkpoints: a resumed run trains against the
+    same targets even when its starting weights were not rebuilt (a masked-LM warm-up is not redone)."""
+    path = checkpoint_dir / "margin_scale.json"
+    if resuming and path.is_file():
+        return float(json.loads(path.read_text())["margin_scale"])
+    scale = margin_scale_for(model, triples, seed=seed)
+    path.write_text(json.dumps({"margin_scale": scale}))
+    return scale
+
+
+def train_sparse_student(doc_dir: Path, idf: np.ndarray, triples: dict[str, list], out_dir: Path,
+                         checkpoint_dir: Path, settings: SparseStudentSettings) -> dict:
+    """Train the document encoder of an inference-free model on ``triples`` (columns query_id, query,
+    positive, negative, margin, cluster; margins as the ensemble's weighted mean, in [-1, 1]) and save the
+    whole model (both routes) to ``out_dir``; return training stats. Resumes from ``checkpoint_dir``."""
+    from datasets import Dataset
+    from sentence_transformers.sparse_encoder import SparseEncoderTrainer, SparseEncoderTrainingArguments
+
+    from stillhouse.retrievers.distill_dense import checkpoint_step, last_complete_checkpoint
+    from stillhouse.retrievers.tas import tas_balanced_sampler
+    from stillhouse.retrievers.teachers import check_window
+
+    if not triples["query_id"]:
+        raise UserError("sparse student: no training triples; see the training-data report")
+    torch.manual_seed(settings.seed)
+    model = build_inference_free_encoder(doc_dir, query_weights(idf, settings.regularizer),
+                                         settings.train_max_seq_length or settings.max_seq_length)
+    for window in (settings.max_seq_length, settings.train_max_seq_length):  # refused before training, not after
+        check_window(model, window, "sparse_student.base_model")
+    on_gpu = model.device.type == "cuda"
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    resume_from = last_complete_checkpoint(checkpoint_dir)
+    scale = settings.margin_scale or fitted_margin_scale(model, triples, checkpoint_dir, bool(resume_from),
+                                                         settings.seed)
+    log.info("sparse student: teacher margins x %.2f", scale)
+    margins = np.asarray(triples["margin"], dtype=np.float32) * scale
+    labels = margins if settings.loss == "margin-mse" else np.stack([margins, np.zeros_like(margins)], axis=1)
+    data = Dataset.from_dict({"anchor": triples["query"], "positive": triples["positive"],
+                              "negative": triples["negative"], "label": labels.tolist()})
+    if settings.sampler == "tas-balanced":
+        clusters = {q: int(c) for q, c in zip(triples["query_id"], triples["cluster"], strict=True)}
+        bins = settings.margin_bins
+    else:
+        clusters, bins = dict.fromkeys(triples["query_id"], 0), 1
+    args = SparseEncoderTrainingArguments(
+        output_dir=str(checkpoint_dir), num_train_epochs=settings.epochs,
+        per_device_train_batch_size=settings.batch_size, learning_rate=settings.learning_rate,
+        warmup_steps=settings.warmup_ratio,
+        batch_sampler=tas_balanced_sampler(list(triples["query_id"]), clusters, triples["margin"], bins),
+        router_mapping={"anchor": "query", "positive": "document", "negative": "document"},
+        save_strategy="steps", save_steps=settings.checkpoint_steps, save_total_limit=2, logging_steps=10,
+        report_to=[], seed=settings.seed, bf16=on_gpu and torch.cuda.is_bf16_supported(), use_cpu=not on_gpu,
+        disable_tqdm=False, dataloader_drop_last=False)
+    trainer = SparseEncoderTrainer(model=model, args=args, train_dataset=data, loss=sparse_loss(model, settings))
+    if resume_from:
+        log.info("resuming sparse student training from %s", resume_from)
+    started = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=resume_from)
+    seconds = time.perf_counter() - started
+    document_route(model).max_seq_length = settings.max_seq_length
+    model.save(str(out_dir))
+    steps_resumed = checkpoint_step(Path(resume_from)) if resume_from else 0
+    pairs = (trainer.state.global_step - steps_resumed) * settings.batch_size
+    stats = {"triples": len(triples["query_id"]), "queries": len(set(triples["query_id"])),
+             "steps": trainer.state.global_step, "resumed_from_step": steps_resumed,
+             "train_loss": float(result.training_loss), "seconds": seconds,
+             "pairs_per_second": pairs / max(seconds, 1e-9), "device": str(model.device),
+             "precision": "bf16" if args.bf16 else "fp32", "regularizer": settings.regularizer, "margin_scale": scale,
+             "loss": settings.loss, "loss_log": [e for e in trainer.state.log_history if "loss" in e]}
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    log.info("sparse student: %d steps in %.0fs (%.1f triples/s, loss %.4f)", stats["steps"], seconds,
+             stats["pairs_per_second"], stats["train_loss"])
+    return stats
+
+
+def encode_batched(model, texts: list[str], batch_size: int, route: str = "document") -> Iterator:
+    """CSR matrices of ``texts`` through the model's query or document route, ``batch_size`` texts at a time
+    (only one batch in memory)."""
+    from stillhouse.retrievers.teachers import to_csr
+
+    encode = model.encode_document if route == "document" else model.encode_query
+    for start in range(0, len(texts), batch_size):
+        yield to_csr(encode(texts[start:start + batch_size], batch_size=batch_size, convert_to_sparse_tensor=True,
+                            show_progress_bar=False))
+
