@@ -36,3 +36,30 @@ def test_only_dead_writers_on_this_host_are_cleaned(tmp_path: Path) -> None:
         folder.mkdir()
     remove_stale_temps(final)
     assert live_here.exists() and other_host.exists() and not dead_here.exists()
+
+
+def test_a_task_version_bump_changes_its_fingerprint_and_every_downstream_one(tmp_path: Path) -> None:
+    """A fixed method detail (``StageTask.version``) invalidates the cached outputs of the old code, downstream
+    included, while version 0 leaves fingerprints as they were."""
+    from luigi.task_register import Register
+
+    from stillhouse.pipelines.tasks.data import LoadDataset
+    from stillhouse.pipelines.tasks.retrieval import BM25Index, BM25Search
+
+    dataset = {"dataset": "scifact", "data_dir": str(tmp_path), "split": "test"}
+
+    def fingerprints() -> tuple[str, str, str]:
+        Register.clear_instance_cache()  # fresh task objects: a fingerprint is computed once per object
+        search = BM25Search(workdir=str(tmp_path), dataset=dataset)
+        return LoadDataset(workdir=str(tmp_path), **dataset).fingerprint(), search.index_task().fingerprint(), \
+            search.fingerprint()
+
+    before = fingerprints()
+    BM25Index.version = 1
+    try:
+        after = fingerprints()
+    finally:
+        BM25Index.version = 0
+    assert after[0] == before[0]  # upstream of the bumped task: unchanged
+    assert after[1] != before[1] and after[2] != before[2]
+    assert fingerprints() == before

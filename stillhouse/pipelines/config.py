@@ -294,6 +294,9 @@ class SparseStudentConfig(_Strict):
                                             "an idf.json made for the document encoder's vocabulary")
     regularizer: Literal["idf-aware", "plain"] = "idf-aware"
     flops_weight: float = Field(3e-3, ge=0, description="FLOPS weight on the documents (lambda_d)")
+    regularizer_warmup_ratio: float = Field(
+        1 / 3, ge=0, le=1, description="share of the training steps over which the FLOPS weight ramps up "
+                                       "quadratically from 0 (sentence-transformers' default, 1/3); 0: no warm-up")
     loss: Literal["margin-mse", "kl"] = "margin-mse"
     temperature: float = Field(1.0, gt=0, description="KL temperature (loss = \"kl\")")
     margin_scale: float = Field(0.0, ge=0, description="teacher margins are the ensemble's weighted mean "

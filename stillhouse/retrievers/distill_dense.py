@@ -7,8 +7,10 @@ Two losses on the same (query, positive, negative) batches, weights configurable
   student's dot products ``M_s`` and the aggregated, per-query normalized ensemble ``M_t`` (Geng et al.,
   2024, §3.2); sentence-transformers' ``MarginMSELoss``.
 * GISTEmbed (Solatorio, 2024, Eq. 2-3): InfoNCE over in-batch positives and negatives where every
-  in-batch candidate the guide scores at or above the query's positive is masked out;
-  sentence-transformers' ``GISTEmbedLoss``.
+  in-batch candidate the guide scores above the query's positive, less the guide margin, is masked out;
+  sentence-transformers' ``GISTEmbedLoss`` with the ``[training]`` guide margin and its strategy
+  (absolute: ``G(q, c) > G(q, p) - margin``; relative: ``G(q, c) > G(q, p) - |G(q, p)| * margin``), the
+  same rule the mining filter applied (``stillhouse.retrievers.guide``).
 
 Batches come from the TAS-Balanced sampler (``stillhouse.retrievers.tas``): one topic cluster per batch,
 negatives drawn uniformly over teacher-margin bins; ``sampler = "random"`` is the ablation (one
@@ -27,12 +29,17 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
 from stillhouse.retrievers.errors import UserError
+from stillhouse.retrievers.guide import MarginStrategy
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +78,7 @@ class DenseStudentSettings:
     in_batch_weight: float = 1.0
     temperature: float = 0.01
     guide_margin: float = 0.0
+    guide_margin_strategy: MarginStrategy = "absolute"  # [training]'s, like guide_margin
     margin_bins: int = 10
     checkpoint_steps: int = 50
     seed: int = 13
@@ -110,12 +118,45 @@ def student_triples(table: dict[str, np.ndarray], corpus: dict[str, dict[str, st
             "cluster": table["cluster"][rows].tolist()}
 
 
-def student_settings(student: dict, guide_margin: float, margin_bins: int) -> DenseStudentSettings:
-    """``DenseStudentSettings`` from a config's ``[dense_student]`` table and the training data's guide margin
-    and margin bins."""
-    names = {f for f in DenseStudentSettings.__dataclass_fields__ if f not in ("guide_margin", "margin_bins")}
-    return DenseStudentSettings(guide_margin=guide_margin, margin_bins=margin_bins,
-                                **{k: v for k, v in student.items() if k in names})
+TRAINING_FIELDS = ("guide_margin", "guide_margin_strategy", "margin_bins")  # from [training], not [dense_student]
+
+
+def student_settings(student: dict, guide_margin: float, margin_bins: int,
+                     guide_margin_strategy: MarginStrategy = "absolute") -> DenseStudentSettings:
+    """``DenseStudentSettings`` from a config's ``[dense_student]`` table and the training data's guide margin,
+    guide margin strategy and margin bins."""
+    names = {f for f in DenseStudentSettings.__dataclass_fields__ if f not in TRAINING_FIELDS}
+    return DenseStudentSettings(guide_margin=guide_margin, guide_margin_strategy=guide_margin_strategy,
+                                margin_bins=margin_bins, **{k: v for k, v in student.items() if k in names})
+
+
+def dense_losses(model: SentenceTransformer, guide: SentenceTransformer | None, settings: DenseStudentSettings,
+                 guide_name: str = "guide") -> dict[str, tuple[nn.Module, float]]:
+    """The weighted losses ``train_dense_student`` sums (``WeightedLossSum``): Margin-MSE and the in-batch loss,
+    each left out at weight 0.
+
+    The in-batch loss is GISTEmbed (``guide`` required) with the configured guide margin *and* margin strategy,
+    or, for ``in_batch_loss = "mnrl"``, plain InfoNCE with scale ``1 / temperature``.
+    """
+    from sentence_transformers.sentence_transformer.losses import MarginMSELoss, MultipleNegativesRankingLoss
+
+    from stillhouse.retrievers.guide import gist_loss
+
+    losses: dict[str, tuple[nn.Module, float]] = {}
+    if settings.margin_mse_weight > 0:
+        losses["margin_mse"] = (MarginMSELoss(model), settings.margin_mse_weight)
+    if settings.in_batch_weight > 0 and settings.in_batch_loss == "gist":
+        if guide is None:
+            raise UserError("dense student: in_batch_loss = \"gist\" needs a guide model")
+        losses["gist"] = (gist_loss(model, guide, margin=settings.guide_margin,
+                                    strategy=settings.guide_margin_strategy, temperature=settings.temperature,
+                                    guide_name=guide_name), settings.in_batch_weight)
+    elif settings.in_batch_weight > 0:
+        losses["mnrl"] = (MultipleNegativesRankingLoss(model, scale=1 / settings.temperature),
+                          settings.in_batch_weight)
+    if not losses:
+        raise UserError("dense student: margin_mse_weight and in_batch_weight are both 0; give one a positive weight")
+    return losses
 
 
 CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
@@ -148,10 +189,8 @@ def train_dense_student(base_dir: Path, guide_dir: Path | None, triples: dict[st
     """
     from datasets import Dataset
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
-    from sentence_transformers.sentence_transformer.losses import MarginMSELoss, MultipleNegativesRankingLoss
 
     from stillhouse.retrievers.dense import load_sentence_encoder
-    from stillhouse.retrievers.guide import gist_loss
     from stillhouse.retrievers.tas import tas_balanced_sampler
 
     if not triples["query_id"]:
@@ -163,21 +202,11 @@ def train_dense_student(base_dir: Path, guide_dir: Path | None, triples: dict[st
     saved_max_seq_length = model.max_seq_length
     model.max_seq_length = settings.max_seq_length
     on_gpu = model.device.type == "cuda"
-    losses: dict[str, tuple[nn.Module, float]] = {}
-    if settings.margin_mse_weight > 0:
-        losses["margin_mse"] = (MarginMSELoss(model), settings.margin_mse_weight)
-    if settings.in_batch_weight > 0 and settings.in_batch_loss == "gist":
-        if guide_dir is None:
-            raise UserError("dense student: in_batch_loss = \"gist\" needs a guide model")
+    guide = None
+    if settings.in_batch_weight > 0 and settings.in_batch_loss == "gist" and guide_dir is not None:
         guide = load_sentence_encoder(guide_dir, settings.max_seq_length, half=on_gpu)
         guide.eval()
-        losses["gist"] = (gist_loss(model, guide, margin=settings.guide_margin, temperature=settings.temperature,
-                                    guide_name=guide_dir.name), settings.in_batch_weight)
-    elif settings.in_batch_weight > 0:
-        losses["mnrl"] = (MultipleNegativesRankingLoss(model, scale=1 / settings.temperature),
-                          settings.in_batch_weight)
-    if not losses:
-        raise UserError("dense student: margin_mse_weight and in_batch_weight are both 0; give one a positive weight")
+    losses = dense_losses(model, guide, settings, guide_name=guide_dir.name if guide_dir else "guide")
     data = Dataset.from_dict({"anchor": triples["query"], "positive": triples["positive"],
                               "negative": triples["negative"],
                               "label": np.asarray(triples["margin"], dtype=np.float32).tolist()})

@@ -2,15 +2,18 @@
 Training Negatives for Text Embedding Fine-tuning", §3.1).
 
 A guide model ``G`` scores the query against its positive and against each candidate negative. A
-candidate the guide finds about as relevant as the positive is probably an unlabeled positive (a false
-negative) and is dropped:
+candidate the guide finds more relevant than the positive (less a margin) is probably an unlabeled positive
+(a false negative) and is dropped:
 
-* absolute margin: drop ``c`` when ``G(q, c) >= G(q, p) - margin``
-* relative margin: drop ``c`` when ``G(q, c) >= G(q, p) - |G(q, p)| * margin``
+* absolute margin: drop ``c`` when ``G(q, c) > G(q, p) - margin``
+* relative margin: drop ``c`` when ``G(q, c) > G(q, p) - |G(q, p)| * margin``
 
-With several positives, ``G(q, p)`` is the lowest positive score: a candidate the guide ranks with a
-known positive is treated as one. The same rule runs in-batch during training through
-sentence-transformers' ``GISTEmbedLoss`` / ``CachedGISTEmbedLoss`` (``gist_loss`` below).
+A candidate exactly at the threshold is kept. With several positives, ``G(q, p)`` is the lowest positive
+score: a candidate the guide ranks above a known positive is treated as one. The same rule runs in-batch
+during training through sentence-transformers' ``GISTEmbedLoss`` / ``CachedGISTEmbedLoss`` (``gist_loss``
+below), and mining follows that loss to the comparison: its ``mask_false_negatives`` masks
+``guided_sim_mat > guided_sim - margin`` (relative: ``> guided_sim - |guided_sim| * margin``), a strict
+``>``, so a tie (e.g. a duplicate of the positive at margin 0) stays a negative in both places.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ MarginStrategy = Literal["absolute", "relative"]
 
 
 def guide_threshold(positive_score: np.ndarray, margin: float, strategy: MarginStrategy) -> np.ndarray:
-    """The score at or above which a candidate counts as a false negative."""
+    """The score above which a candidate counts as a false negative: ``G(q, p) - margin`` (absolute) or
+    ``G(q, p) - |G(q, p)| * margin`` (relative)."""
     positive_score = np.asarray(positive_score, dtype=np.float64)
     if strategy == "absolute":
         return positive_score - margin
@@ -37,8 +41,9 @@ def guide_threshold(positive_score: np.ndarray, margin: float, strategy: MarginS
 
 def guide_keep(candidate_score: np.ndarray, positive_score: np.ndarray, margin: float,
                strategy: MarginStrategy) -> np.ndarray:
-    """True for candidates the guide keeps as negatives (scored strictly below the threshold)."""
-    return np.asarray(candidate_score, dtype=np.float64) < guide_threshold(positive_score, margin, strategy)
+    """True for candidates the guide keeps as negatives: ``G(q, c) <= threshold``, the complement of
+    GISTEmbedLoss's mask ``G(q, c) > threshold`` (a candidate at the threshold is kept)."""
+    return np.asarray(candidate_score, dtype=np.float64) <= guide_threshold(positive_score, margin, strategy)
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,12 @@ Geng, Ru and Yang, 2024, "Towards Competitive Search Relevance For Inference-Fre
 Built from sentence-transformers' SparseEncoder: a ``Router`` with ``SparseStaticEmbedding`` (the IDF table) on
 the query route and ``Transformer(fill-mask) + SpladePooling`` on the document route, trained with its
 ``SparseEncoderTrainer`` and ``SpladeLoss`` (document regularizer only).
+
+The FLOPS weight warms up quadratically (Paria et al., 2020's ramp, as SPLADE trains, Formal et al., 2021):
+``lambda_d(t) = lambda_d * min(1, t / T_w)^2`` with ``T_w = max(1, floor(regularizer_warmup_ratio * total steps))``.
+The trainer would add sentence-transformers' ``SpladeRegularizerWeightSchedulerCallback`` with its default ratio
+(1/3) on its own, with a warning; here the callback is passed explicitly (``RegularizerWarmup``,
+``sparse_trainer``) with the configured ratio, whose default is that same 1/3; 0 keeps ``lambda_d`` constant.
 """
 
 from __future__ import annotations
@@ -36,11 +42,19 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from sentence_transformers.sparse_encoder.callbacks.splade_callbacks import SpladeRegularizerWeightSchedulerCallback
 
 from stillhouse.retrievers.errors import UserError
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+    from sentence_transformers import SparseEncoder
+    from sentence_transformers.sparse_encoder import SparseEncoderTrainer, SparseEncoderTrainingArguments
+    from sentence_transformers.sparse_encoder.losses import SpladeLoss
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +190,7 @@ class SparseStudentSettings:
 
     regularizer: str = "idf-aware"  # or "plain"
     flops_weight: float = 3e-3
+    regularizer_warmup_ratio: float = 1 / 3  # share of the steps over which flops_weight ramps up (0: none)
     margin_scale: float = 0.0  # teacher margin multiplier; 0: calibrated to the untrained student (margin_scale_for)
     loss: str = "margin-mse"  # or "kl"
     temperature: float = 1.0
@@ -206,6 +221,41 @@ def sparse_loss(model, settings: SparseStudentSettings):
         SparseDistillKLDivLoss(model, temperature=settings.temperature)
     return SpladeLoss(model, loss=base, document_regularizer_weight=settings.flops_weight,
                       query_regularizer_weight=None)
+
+
+class RegularizerWarmup(SpladeRegularizerWeightSchedulerCallback):
+    """sentence-transformers' quadratic FLOPS weight warm-up with an explicit ratio, 0 included.
+
+    ``lambda(t) = lambda * min(1, t / T_w)^2``, ``T_w = max(1, floor(warmup_ratio * total steps))``, set before
+    each optimizer step ``t`` (the stock callback, unchanged, for ``0 < warmup_ratio <= 1``). The stock callback
+    refuses ``warmup_ratio = 0`` (it falls back to 1/3); here 0 leaves the loss's weights at their full values
+    from the first step. Being a ``SpladeRegularizerWeightSchedulerCallback`` on the trainer's loss, it stops
+    ``SparseEncoderTrainer`` from adding its default one.
+    """
+
+    def __init__(self, loss: SpladeLoss, warmup_ratio: float) -> None:
+        if not 0 <= warmup_ratio <= 1:
+            raise ValueError(f"regularizer warm-up ratio {warmup_ratio} is outside [0, 1]")
+        super().__init__(loss, scheduler_type="quadratic", warmup_ratio=warmup_ratio or 1.0)
+        self.warmup_ratio = warmup_ratio
+        if warmup_ratio == 0:  # what on_log reports; the loss keeps the weights it was built with
+            self._current_document_regularizer_weight = self.max_document_regularizer_weight
+            self._current_query_regularizer_weight = self.max_query_regularizer_weight
+
+    def on_train_begin(self, args, state, control, **kwargs) -> None:
+        if self.warmup_ratio > 0:  # with no warm-up, no schedule: on_step_begin then leaves the weights alone
+            super().on_train_begin(args, state, control, **kwargs)
+
+
+def sparse_trainer(model: SparseEncoder, args: SparseEncoderTrainingArguments, data: Dataset,
+                   settings: SparseStudentSettings) -> SparseEncoderTrainer:
+    """The ``SparseEncoderTrainer`` ``train_sparse_student`` runs: ``sparse_loss`` and its FLOPS weight warm-up
+    (``RegularizerWarmup`` with ``settings.regularizer_warmup_ratio``) passed explicitly."""
+    from sentence_transformers.sparse_encoder import SparseEncoderTrainer
+
+    loss = sparse_loss(model, settings)
+    return SparseEncoderTrainer(model=model, args=args, train_dataset=data, loss=loss,
+                                callbacks=[RegularizerWarmup(loss, settings.regularizer_warmup_ratio)])
 
 
 def margin_scale_for(model, triples: dict[str, list], sample: int = 256, seed: int = 13) -> float:
@@ -244,7 +294,7 @@ def train_sparse_student(doc_dir: Path, idf: np.ndarray, triples: dict[str, list
     positive, negative, margin, cluster; margins as the ensemble's weighted mean, in [-1, 1]) and save the
     whole model (both routes) to ``out_dir``; return training stats. Resumes from ``checkpoint_dir``."""
     from datasets import Dataset
-    from sentence_transformers.sparse_encoder import SparseEncoderTrainer, SparseEncoderTrainingArguments
+    from sentence_transformers.sparse_encoder import SparseEncoderTrainingArguments
 
     from stillhouse.retrievers.distill_dense import checkpoint_step, last_complete_checkpoint
     from stillhouse.retrievers.tas import tas_balanced_sampler
@@ -281,7 +331,7 @@ def train_sparse_student(doc_dir: Path, idf: np.ndarray, triples: dict[str, list
         save_strategy="steps", save_steps=settings.checkpoint_steps, save_total_limit=2, logging_steps=10,
         report_to=[], seed=settings.seed, bf16=on_gpu and torch.cuda.is_bf16_supported(), use_cpu=not on_gpu,
         disable_tqdm=False, dataloader_drop_last=False)
-    trainer = SparseEncoderTrainer(model=model, args=args, train_dataset=data, loss=sparse_loss(model, settings))
+    trainer = sparse_trainer(model, args, data, settings)
     if resume_from:
         log.info("resuming sparse student training from %s", resume_from)
     started = time.perf_counter()
@@ -296,7 +346,8 @@ def train_sparse_student(doc_dir: Path, idf: np.ndarray, triples: dict[str, list
              "train_loss": float(result.training_loss), "seconds": seconds,
              "pairs_per_second": pairs / max(seconds, 1e-9), "device": str(model.device),
              "precision": "bf16" if args.bf16 else "fp32", "regularizer": settings.regularizer, "margin_scale": scale,
-             "loss": settings.loss, "loss_log": [e for e in trainer.state.log_history if "loss" in e]}
+             "loss": settings.loss, "regularizer_warmup_ratio": settings.regularizer_warmup_ratio,
+             "loss_log": [e for e in trainer.state.log_history if "loss" in e]}
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
     log.info("sparse student: %d steps in %.0fs (%.1f triples/s, loss %.4f)", stats["steps"], seconds,
              stats["pairs_per_second"], stats["train_loss"])

@@ -5,8 +5,19 @@ Teaching an Effective Dense Retriever with Balanced Topic Aware Sampling", §3).
    here FAISS spherical k-means); every batch draws its queries from one cluster, so in-batch
    negatives come from the same topic.
 2. Balanced margins: for each query, its (positive, negative) pairs are binned by teacher margin
-   ``M(q, p) - M(q, n)``; the sampler first picks a bin uniformly among the query's non-empty bins,
+   ``m = M(q, p) - M(q, n)``; the sampler first picks a bin uniformly among the query's non-empty bins,
    then a pair within it, so easy (high-margin) pairs no longer dominate.
+
+   The bins are per query: ``h`` equal-width bins (``margin_bins``; 10 in the reference code) over that query's
+   own margin range. Pair ``i`` of query ``q`` falls in bin ``floor(h * (m_i - min_q) / (max_q - min_q))``,
+   the query's largest margin in the last bin. This is the authors' reference implementation
+   (github.com/sebastian-hofstaetter/matchmaker, ``matchmaker/dataloaders/tas_balanced_training_loader.py``,
+   ``TASBalancedDatasetLoader.load_data``): for each query with at least two pairs,
+   ``np.digitize(margins, np.arange(min, max, (max - min) / 10))`` over that query's margins, then at
+   sampling time a uniformly random bin, redrawn while empty, and a uniformly random pair in it. A query
+   whose margins are all equal, or that has a single pair, has one bin here (the reference code drops
+   single-pair queries and cannot bin equal margins). Bins over one global range would put a query whose
+   margins span a narrow band into one or two bins, which balances nothing for it.
 
 sentence-transformers has no such sampler; ``TASBalancedBatchSampler`` subclasses its
 ``DefaultBatchSampler`` and plugs into ``SentenceTransformerTrainingArguments(batch_sampler=...)``
@@ -36,7 +47,8 @@ def cluster_queries(embeddings: np.ndarray, k: int, seed: int = 0, iterations: i
 
 
 def margin_bin_edges(margins: np.ndarray, bins: int) -> np.ndarray:
-    """``bins`` equal-width bins over the observed margin range (``bins + 1`` edges)."""
+    """``bins`` equal-width bins over the range of ``margins`` (``bins + 1`` edges). Given one query's margins,
+    these are its TAS-Balanced bins; ``per_query_margin_bins`` bins every query at once."""
     margins = np.asarray(margins, dtype=np.float64)
     low, high = (float(margins.min()), float(margins.max())) if margins.size else (0.0, 1.0)
     if high <= low:
@@ -49,8 +61,34 @@ def assign_bins(margins: np.ndarray, edges: np.ndarray) -> np.ndarray:
     return np.clip(np.searchsorted(edges, margins, side="right") - 1, 0, len(edges) - 2)
 
 
+def query_margin_positions(row_queries: Sequence[str], row_margins: Sequence[float]) -> np.ndarray:
+    """Every row's margin min-max scaled within its query, ``(m - min_q) / (max_q - min_q)`` in [0, 1]
+    (0 for a query whose margins are all equal): equal-width bins of this position over [0, 1] are
+    equal-width bins over each query's own margin range."""
+    margins = np.asarray(row_margins, dtype=np.float64)
+    _, query_index = np.unique(np.asarray(row_queries, dtype=object).astype(str), return_inverse=True)
+    low = np.full(query_index.max(initial=-1) + 1, np.inf)
+    high = np.full_like(low, -np.inf)
+    np.minimum.at(low, query_index, margins)
+    np.maximum.at(high, query_index, margins)
+    span = (high - low)[query_index]
+    return np.where(span > 0, (margins - low[query_index]) / np.where(span > 0, span, 1.0), 0.0)
+
+
+def per_query_margin_bins(row_queries: Sequence[str], row_margins: Sequence[float], bins: int) -> np.ndarray:
+    """TAS-Balanced's bin (0 .. ``bins`` - 1) of every row: ``bins`` equal-width bins over its own query's
+    margin range, the query's largest margin in the last bin (Hofstätter et al., 2021; see the module docstring)."""
+    return assign_bins(query_margin_positions(row_queries, row_margins), position_bin_edges(bins))
+
+
+def position_bin_edges(bins: int) -> np.ndarray:
+    """The ``bins + 1`` edges of equal-width bins over a query's scaled margin range [0, 1]."""
+    return np.linspace(0.0, 1.0, bins + 1)
+
+
 def histogram_kl_to_uniform(margins: np.ndarray, edges: np.ndarray) -> float:
-    """KL(p || uniform) of the margin histogram over ``edges``: 0 when perfectly flat."""
+    """KL(p || uniform) of the histogram of ``margins`` (or of margins scaled within their query, as the sampler's
+    ``row_positions``) over ``edges``: 0 when perfectly flat."""
     counts = np.bincount(assign_bins(np.asarray(margins), edges), minlength=len(edges) - 1).astype(np.float64)
     p = counts / counts.sum()
     nonzero = p > 0
@@ -62,7 +100,12 @@ class TASBalancedBatchSampler(DefaultBatchSampler):
 
     Per epoch, every query appears once: the queries of each cluster are shuffled and cut into batches
     of ``batch_size`` queries (every batch from one cluster), and each query contributes one row chosen
-    margin-balanced (uniform bin, then uniform row in it). Batch order is shuffled across clusters.
+    margin-balanced (uniform among its non-empty bins, then uniform row in it). Batch order is shuffled
+    across clusters.
+
+    Bins are per query (``per_query_margin_bins``). ``row_positions`` holds every row's margin scaled to
+    [0, 1] within its query and ``edges`` the bin edges on that scale, so a histogram of sampled rows'
+    positions over ``edges`` counts exactly the bins the sampler balances.
     """
 
     def __init__(self, dataset, batch_size: int, drop_last: bool, valid_label_columns: list[str] | None = None,
@@ -75,8 +118,9 @@ class TASBalancedBatchSampler(DefaultBatchSampler):
         missing = {q for q in row_queries if q not in query_clusters}
         if missing:
             raise ValueError(f"{len(missing)} queries have no cluster (first: {sorted(missing)[0]})")
-        self.edges = margin_bin_edges(np.asarray(row_margins), bins)
-        row_bins = assign_bins(np.asarray(row_margins, dtype=np.float64), self.edges)
+        self.edges = position_bin_edges(bins)
+        self.row_positions = query_margin_positions(row_queries, row_margins)
+        row_bins = assign_bins(self.row_positions, self.edges)
         self.rows_by_query_bin: dict[str, dict[int, list[int]]] = defaultdict(lambda: defaultdict(list))
         for row, (query, bin_id) in enumerate(zip(row_queries, row_bins, strict=True)):
             self.rows_by_query_bin[query][int(bin_id)].append(row)

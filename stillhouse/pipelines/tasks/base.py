@@ -32,6 +32,9 @@ class StageTask(luigi.Task):
     workdir = luigi.Parameter(description="root folder of all artifacts (local or shared storage)")
     # A DAG root's (link name under the workdir, page printed at the end of a run).
     publish_as: tuple[str, str] = ("", "")
+    # Raised when a code change alters the output while every parameter stays the same (a fixed method detail):
+    # it enters the fingerprint (when above 0), so cached outputs of the old code are not reused.
+    version: int = 0
 
     def fingerprint_payload(self) -> dict:
         params = self.to_str_params(only_significant=True)
@@ -43,7 +46,10 @@ class StageTask(luigi.Task):
         if cached is None:
             upstream = sorted(self.upstream_fingerprint(task) for task in flatten(self.requires())
                               if isinstance(task, StageTask))
-            cached = fingerprint({"task": self.task_family, "own": self.fingerprint_payload(), "upstream": upstream})
+            payload = {"task": self.task_family, "own": self.fingerprint_payload(), "upstream": upstream}
+            if self.version:
+                payload["version"] = self.version
+            cached = fingerprint(payload)
             self.__dict__["_fingerprint"] = cached
         return cached
 

@@ -52,6 +52,8 @@ class StudentTask(TrainTask):
 class TrainDense(StudentTask):
     """The dense student (``model/``, a plain sentence-transformers folder) and ``training.json``."""
 
+    version = 1  # 1: guide_margin_strategy reaches the GISTEmbed loss
+
     def label(self) -> str:
         return f"TrainDense({self.student['sampler']}, {self.student['in_batch_loss']})"
 
@@ -77,7 +79,8 @@ class TrainDense(StudentTask):
         table = read_table(self.triples_task().out_dir / "triples.parquet")
         triples = student_triples(table, self.corpus_task().load().corpus, dict(self.training["weights"]),
                                   s["negatives_per_query"], s["margin_scale"])
-        settings = student_settings(s, self.training["guide_margin"], self.training["margin_bins"])
+        settings = student_settings(s, self.training["guide_margin"], self.training["margin_bins"],
+                                    self.training["guide_margin_strategy"])
         guide = self.guide_task()
         log.info("dense student: %d triples of %d queries (%s batches)", len(triples["query_id"]),
                  len(set(triples["query_id"])), s["sampler"])

@@ -379,6 +379,8 @@ class GuideFilter(TrainTask):
     (recall) and the other candidates removed (cost).
     """
 
+    version = 1  # 1: a candidate exactly at the guide threshold is kept, as GISTEmbedLoss keeps it
+
     reads = GUIDE_KEYS
 
     def guide_scores(self) -> TeacherScores:
@@ -475,6 +477,8 @@ class TASTriples(TrainTask):
     """(query, positive, negative, ensemble margin, cluster) triples for TAS-Balanced training, and the
     sampler's balance measured against uniform random pair sampling (``balance.json``)."""
 
+    version = 1  # 1: margins binned per query (TAS-Balanced's reference code), not globally
+
     reads = TAS_KEYS
     epochs_measured = 5
 
@@ -525,7 +529,7 @@ def measure_balance(sampler, triples: dict[str, list], epochs: int, seed: int) -
     """KL to uniform of the sampled margins' histogram, TAS-Balanced vs one random pair per query."""
     from stillhouse.retrievers.tas import assign_bins, histogram_kl_to_uniform, random_pair_sample
 
-    margins = np.asarray(triples["margin"])
+    margins = sampler.row_positions  # each margin scaled within its query's range: the scale the bins cut
     tas_rows, random_rows, single_cluster = [], [], 0
     batches = 0
     for epoch in range(epochs):

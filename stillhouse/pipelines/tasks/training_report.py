@@ -237,7 +237,7 @@ def plot_margins(balance: dict, path: Path) -> None:
     for offset, key, label in ((-width / 2, "hist_random", "random pair"), (width / 2, "hist_tas", "TAS-Balanced")):
         counts = np.asarray(balance[key], dtype=float)
         ax.bar(centers + offset, counts / counts.sum(), width, label=label)
-    ax.set_xlabel("teacher margin S(q,p) - S(q,n)")
+    ax.set_xlabel("margin position in its query's range (0 = lowest, 1 = highest)")
     ax.set_ylabel("share of sampled pairs")
     ax.legend(fontsize=8)
     fig.tight_layout()
