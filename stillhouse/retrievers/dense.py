@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from stillhouse.retrievers.runs import Run
+
 log = logging.getLogger(__name__)
 
 
@@ -48,20 +50,40 @@ def encode(model, texts: list[str], batch_size: int, progress: bool = True, desc
     return np.asarray(vectors, dtype=np.float32)
 
 
+class DenseSearcher:
+    """A sentence-transformers model and its exact FAISS inner-product index, loaded once: queries are encoded and
+    the top-k rows taken, ``score(q, d) = <E(q), E(d)>`` (cosine when the model normalizes).
+
+    Example::
+
+        searcher = DenseSearcher(Path("work/FetchModel/<fp>/model"), Path("work/DenseIndex/<fp>"))
+        run = searcher.search({"q1": "vitamin d and infections"}, k=10)
+    """
+
+    def __init__(self, model_dir: Path, index_dir: Path, max_seq_length: int = 0) -> None:
+        import json
+
+        from stillhouse.retrievers import faiss_index
+
+        self.model = load_sentence_encoder(model_dir, max_seq_length or None)
+        self.index = faiss_index.load_index(index_dir / "index.faiss")
+        self.doc_ids = json.loads((index_dir / "docids.json").read_text())
+
+    def search(self, queries: dict[str, str], k: int, batch_size: int = 64, progress: bool = False) -> Run:
+        """Top-``k`` documents of every query (query id -> text) by inner product."""
+        from stillhouse.retrievers import faiss_index
+
+        query_ids = list(queries)
+        vectors = encode(self.model, [queries[q] for q in query_ids], batch_size, progress=progress, desc="queries")
+        scores, rows = faiss_index.search(self.index, vectors, k)
+        return {qid: {self.doc_ids[r]: float(s) for s, r in zip(scores[i], rows[i], strict=True) if r >= 0}
+                for i, qid in enumerate(query_ids)}
+
+
 def dense_search(model_dir: Path, index_dir: Path, queries: dict[str, str], k: int, batch_size: int = 64,
-                 max_seq_length: int = 0, progress: bool = False):
+                 max_seq_length: int = 0, progress: bool = False) -> Run:
     """Top-``k`` documents per query from a FAISS index folder (``index.faiss`` + ``docids.json``)."""
-    import json
-
-    from stillhouse.retrievers import faiss_index
-
-    model = load_sentence_encoder(model_dir, max_seq_length or None)
-    query_ids = list(queries)
-    vectors = encode(model, [queries[q] for q in query_ids], batch_size, progress=progress, desc="queries")
-    scores, rows = faiss_index.search(faiss_index.load_index(index_dir / "index.faiss"), vectors, k)
-    doc_ids = json.loads((index_dir / "docids.json").read_text())
-    return {qid: {doc_ids[r]: float(s) for s, r in zip(scores[i], rows[i], strict=True) if r >= 0}
-            for i, qid in enumerate(query_ids)}
+    return DenseSearcher(model_dir, index_dir, max_seq_length).search(queries, k, batch_size, progress)
 
 
 def build_corpus_index(model, corpus: dict[str, dict[str, str]], out_dir: Path, batch_size: int = 64) -> None:

@@ -128,3 +128,27 @@ def select_weights(runs: dict[str, Run], qrels: dict[str, dict[str, int]], step:
     best = max(grid, key=lambda g: (round(g["score"], 10),
                                     -float(np.linalg.norm(np.array(list(g["weights"].values())) - uniform))))
     return WeightChoice(dict(best["weights"]), best["score"], metric, len(qrels), grid)
+
+
+class HybridSearcher:
+    """Live hybrid search: each member searcher's top-``depth`` fused by ``fuse_runs`` with fixed weights.
+
+    A member is anything with ``search(queries, k) -> Run`` (``Bm25Searcher``, ``DenseSearcher``, an
+    ``ImpactSearcher`` wrapped to drop its stats). ``search`` returns the fused top-``k`` and, per member, the
+    normalized score each returned document got from it.
+
+    Example::
+
+        hybrid = HybridSearcher({"dense": dense, "sparse": sparse}, {"dense": 0.6, "sparse": 0.4}, depth=100)
+        fused, parts = hybrid.search({"q1": "vitamin d and infections"}, k=10)
+    """
+
+    def __init__(self, members: dict, weights: dict[str, float], depth: int = 100) -> None:
+        self.members, self.weights, self.depth = members, weights, depth
+
+    def search(self, queries: dict[str, str], k: int) -> tuple[Run, dict[str, Run]]:
+        runs = {name: member.search(queries, self.depth) for name, member in self.members.items()}
+        fused, parts = fuse_runs(runs, {m: w for m, w in self.weights.items() if w > 0}, self.depth)
+        top = {q: dict(list(hits.items())[:k]) for q, hits in fused.items()}
+        return top, {name: {q: {d: part[q][d] for d in top[q]} for q in top} for name, part in parts.items()}
+

@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -100,6 +101,114 @@ def impact_search(index_dir: Path, query_vectors: dict[str, dict[str, float]], k
     hits = searcher.batch_search(ids, ids, k=k, threads=threads)  # the "query text" is its id: see _Lookup
     searcher.close()
     return {q: {h.docid: float(h.score) / (scale * scale) for h in hits.get(q, [])} for q in ids}
+
+
+def load_sparse_model(model_dir: Path, inference_free: bool, max_seq_length: int = 0):
+    """A sparse model on the best device: an inference-free student's two routes (its query side a static table),
+    or a siamese SPLADE checkpoint (its query side the model) with its document window."""
+    if inference_free:
+        from stillhouse.retrievers.sparse_student import load_inference_free_encoder
+
+        return load_inference_free_encoder(model_dir)
+    from stillhouse.retrievers.teachers import load_sparse_encoder
+
+    return load_sparse_encoder(model_dir, max_seq_length)
+
+
+def vocabulary(model) -> list[str]:
+    """The model's tokens by id: the term names of its sparse vectors (and of the index's pretokenized terms)."""
+    return model.tokenizer.convert_ids_to_tokens(list(range(len(model.tokenizer))))
+
+
+def sparse_vectors(model, texts: list[str], batch_size: int, route: str = "document") -> Iterator[list[dict]]:
+    """Token -> weight maps of ``texts`` through the model's ``document`` or ``query`` route, one list per batch of
+    ``batch_size`` texts (only one batch in memory)."""
+    from stillhouse.retrievers.sparse_student import encode_batched
+
+    vocab = vocabulary(model)
+    for matrix in encode_batched(model, texts, batch_size, route=route):
+        yield csr_row_vectors(matrix, vocab)
+
+
+def index_corpus(model, corpus: dict[str, dict[str, str]], folder: Path, batch_size: int = 32,
+                 threads: int = 2) -> dict:
+    """Encode every document (title + text) through the model's document route and index the integer impacts.
+
+    Writes ``folder/index`` (Lucene, ``-impact -pretokenized``) and ``folder/vectors.jsonl`` (the
+    JsonVectorCollection it was built from, kept for export); returns ``{documents, mean_doc_terms,
+    encode_seconds, index_seconds, device}``.
+
+    Example::
+
+        model = load_sparse_model(Path("work/TrainSparse/<fp>/model"), inference_free=True)
+        stats = index_corpus(model, corpus, Path("out"))
+        run = ImpactSearcher(Path("out/index"), model).search({"q1": "vitamin d"}, k=10)[0]
+    """
+    from tqdm import tqdm
+
+    from stillhouse.retrievers.dense import document_text
+
+    doc_ids = list(corpus)
+    collection = folder / "collection"
+    collection.mkdir(parents=True)
+    started = time.perf_counter()
+    nonzero = 0
+    with open(collection / "vectors.jsonl", "w", encoding="utf-8") as out, \
+            tqdm(total=len(doc_ids), desc="impact vectors", unit="doc") as bar:
+        texts = [document_text(corpus[d]) for d in doc_ids]
+        for start, vectors in zip(range(0, len(doc_ids), batch_size), sparse_vectors(model, texts, batch_size),
+                                  strict=True):
+            batch_ids = doc_ids[start:start + batch_size]
+            nonzero += append_vector_collection(out, batch_ids, vectors)
+            bar.update(len(batch_ids))
+    encode_seconds = time.perf_counter() - started
+    build_impact_index(collection, folder / "index", threads)
+    (collection / "vectors.jsonl").rename(folder / "vectors.jsonl")
+    collection.rmdir()
+    stats = {"documents": len(doc_ids), "mean_doc_terms": nonzero / max(len(doc_ids), 1),
+             "encode_seconds": encode_seconds, "index_seconds": time.perf_counter() - started - encode_seconds,
+             "device": str(model.device)}
+    log.info("impact index: %d documents, %.1f non-zero terms per document", len(doc_ids), stats["mean_doc_terms"])
+    return stats
+
+
+class ImpactSearcher:
+    """A Lucene impact index opened once (Pyserini's ``LuceneImpactSearcher``), queried through the model's query
+    route: a table lookup for the inference-free student, the SPLADE model for a siamese one.
+
+    ``score(q, d) = sum_t round(w_q(t) * S) * round(w_d(t) * S) / S^2`` with ``S = IMPACT_SCALE``: the query's
+    weights are quantized as the index stores the documents'.
+
+    Example::
+
+        searcher = ImpactSearcher(Path("work/ImpactIndex/<fp>/index"), model)
+        run, stats = searcher.search({"q1": "vitamin d and infections"}, k=10)
+    """
+
+    def __init__(self, index_dir: Path, model, scale: int = IMPACT_SCALE) -> None:
+        from stillhouse.retrievers.lucene_runtime import ensure_pyserini
+
+        ensure_pyserini()
+        from pyserini.search.lucene import LuceneImpactSearcher
+
+        self.model, self.scale = model, scale
+        self.lookup = _Lookup({})
+        self.searcher = LuceneImpactSearcher(str(index_dir), self.lookup)
+
+    def search(self, queries: dict[str, str], k: int, threads: int = 1) -> tuple[Run, dict]:
+        """Top-``k`` documents of every query (query id -> text), and ``{queries, mean_query_terms,
+        query_encode_seconds, search_seconds}``."""
+        started = time.perf_counter()
+        query_ids = list(queries)
+        vectors = [v for batch in sparse_vectors(self.model, [queries[q] for q in query_ids], 256, route="query")
+                   for v in batch]
+        encoded = time.perf_counter()
+        self.lookup.vectors = {q: quantize(v, self.scale) for q, v in zip(query_ids, vectors, strict=True)}
+        hits = self.searcher.batch_search(query_ids, query_ids, k=k, threads=threads)  # text = its id: _Lookup
+        run = {q: {h.docid: float(h.score) / (self.scale * self.scale) for h in hits.get(q, [])} for q in query_ids}
+        stats = {"queries": len(query_ids), "mean_query_terms": sum(map(len, vectors)) / max(len(vectors), 1),
+                 "query_encode_seconds": encoded - started, "search_seconds": time.perf_counter() - encoded}
+        return run, stats
 
 
 class IdfQueryEncoder:

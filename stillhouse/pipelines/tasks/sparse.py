@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import time
 from pathlib import Path
 
 import luigi
@@ -144,18 +143,10 @@ class SparseTask(CorpusTask):
 
     def load_model(self):
         """The sparse model (a student's routes, or a siamese SPLADE checkpoint) on the best device."""
-        if self.trained:
-            from stillhouse.retrievers.sparse_student import load_inference_free_encoder
+        from stillhouse.retrievers.impact_index import load_sparse_model
 
-            return load_inference_free_encoder(self.fetch_task().model_dir())
-        from stillhouse.retrievers.teachers import load_sparse_encoder
-
-        return load_sparse_encoder(self.fetch_task().model_dir(), self.max_seq_length)
-
-    @staticmethod
-    def vocabulary(model) -> list[str]:
-        """The model's tokens by id: the term names of its sparse vectors."""
-        return model.tokenizer.convert_ids_to_tokens(list(range(len(model.tokenizer))))
+        return load_sparse_model(self.fetch_task().model_dir(), inference_free=bool(self.trained),
+                                 max_seq_length=self.max_seq_length)
 
     def sparse_kwargs(self) -> dict:
         return {"dataset": self.dataset, "model": self.model, "trained": self.trained,
@@ -170,38 +161,10 @@ class ImpactIndex(SparseTask):
         return [self.dataset_task(), self.fetch_task()]
 
     def build(self, folder: Path) -> None:
-        from tqdm import tqdm
+        from stillhouse.retrievers.impact_index import index_corpus
 
-        from stillhouse.retrievers.dense import document_text
-        from stillhouse.retrievers.impact_index import append_vector_collection, build_impact_index, csr_row_vectors
-        from stillhouse.retrievers.sparse_student import encode_batched
-
-        corpus = self.dataset_task().load().corpus
-        doc_ids = list(corpus)
-        model = self.load_model()
-        vocab = self.vocabulary(model)
-        collection = folder / "collection"
-        collection.mkdir()
-        started = time.perf_counter()
-        nonzero = 0
-        with open(collection / "vectors.jsonl", "w", encoding="utf-8") as out, \
-                tqdm(total=len(doc_ids), desc="impact vectors", unit="doc") as bar:
-            texts = [document_text(corpus[d]) for d in doc_ids]
-            for start, matrix in zip(range(0, len(doc_ids), self.batch_size),
-                                     encode_batched(model, texts, self.batch_size), strict=True):
-                batch_ids = doc_ids[start:start + self.batch_size]
-                nonzero += append_vector_collection(out, batch_ids, csr_row_vectors(matrix, vocab))
-                bar.update(len(batch_ids))
-        encode_seconds = time.perf_counter() - started
-        build_impact_index(collection, folder / "index")
-        (collection / "vectors.jsonl").rename(folder / "vectors.jsonl")
-        collection.rmdir()
-        stats = {"documents": len(doc_ids), "mean_doc_terms": nonzero / max(len(doc_ids), 1),
-                 "encode_seconds": encode_seconds, "index_seconds": time.perf_counter() - started - encode_seconds,
-                 "device": str(model.device)}
+        stats = index_corpus(self.load_model(), self.dataset_task().load().corpus, folder, self.batch_size)
         (folder / "stats.json").write_text(json.dumps(stats, indent=2))
-        log.info("impact index: %d documents, %.1f non-zero terms per document", len(doc_ids),
-                 stats["mean_doc_terms"])
 
 
 class ImpactSearch(SparseTask):
@@ -220,23 +183,12 @@ class ImpactSearch(SparseTask):
         return [self.dataset_task(), self.fetch_task(), self.index_task()]
 
     def build(self, folder: Path) -> None:
-        from stillhouse.retrievers.impact_index import csr_row_vectors, impact_search
-        from stillhouse.retrievers.sparse_student import encode_batched
+        from stillhouse.retrievers.impact_index import ImpactSearcher
 
         queries = self.dataset_task().load().queries
-        query_ids = list(queries)
-        model = self.load_model()
-        vocab = self.vocabulary(model)
-        started = time.perf_counter()
-        vectors = [v for matrix in encode_batched(model, [queries[q] for q in query_ids], 256, route="query")
-                   for v in csr_row_vectors(matrix, vocab)]
-        encode_seconds = time.perf_counter() - started
-        run = impact_search(self.index_task().out_dir / "index", dict(zip(query_ids, vectors, strict=True)),
-                            self.top_k)
-        seconds = time.perf_counter() - started
+        searcher = ImpactSearcher(self.index_task().out_dir / "index", self.load_model())
+        run, stats = searcher.search(queries, self.top_k, threads=2)
         write_trec_run(run, folder / "run.trec", "impact")
+        seconds = stats["query_encode_seconds"] + stats["search_seconds"]
         (folder / "timing.json").write_text(json.dumps({"queries": len(queries), "seconds": seconds}))
-        (folder / "stats.json").write_text(json.dumps({
-            "queries": len(queries), "mean_query_terms": sum(map(len, vectors)) / max(len(vectors), 1),
-            "query_encode_seconds": encode_seconds, "search_seconds": seconds - encode_seconds}, indent=2))
-
+        (folder / "stats.json").write_text(json.dumps(stats, indent=2))
