@@ -1,9 +1,9 @@
 """Sparse-student training runs outside the DAG: ``python -m benchmarks.train_sparse``.
 
 For a GPU machine that has no Lucene or luigi, as ``benchmarks.train_dense`` is for the dense student: for each
-setting of a grid it runs the functions the ``TrainSparse`` task runs (``student_triples``, ``corpus_idf``,
-``train_sparse_student``) on a TASTriples table copied from a work dir, then encodes the corpus through the
-student's document route and the queries of the given splits through its query route (the IDF lookup, no
+setting of a grid it runs the functions the ``TrainSparse`` task runs through ``train_student`` (``student_triples``,
+``corpus_idf``, ``train_sparse_student``) on a TASTriples table copied from a work dir, then encodes the corpus
+through the student's document route and the queries of the given splits through its query route (the IDF lookup, no
 model), quantizes both to the integer impacts the Lucene index stores
 (``stillhouse.retrievers.impact_index.quantize``) and
 keeps the exact top-100 of their sum of products: Lucene's impact score, without Lucene (ties may order

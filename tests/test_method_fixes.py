@@ -80,8 +80,7 @@ def test_tas_bins_each_querys_margins_over_its_own_range() -> None:
 
 
 def test_tas_balance_report_measures_the_per_query_bins() -> None:
-    from stillhouse.pipelines.tasks.training_data import measure_balance
-    from stillhouse.retrievers.tas import tas_balanced_sampler
+    from stillhouse.retrievers.tas import measure_balance, tas_balanced_sampler
 
     rng = np.random.default_rng(0)
     queries, margins = [], []

@@ -2,11 +2,21 @@
 
 With per-query values, each row also carries its evidence (``stillhouse.eval.significance``): the 95% t-interval of
 its first
-metric and a paired t-test against each baseline of its data set (BM25, the base model), marked when p >= 0.05."""
+metric and a paired t-test against each baseline of its data set (BM25, the base model), marked when p >= 0.05.
+
+The training-data report (``write_training_data_report``: ``training_data.md``/``.json`` and two plots) is written
+here too, with the same Markdown tables (``table_lines``) and figure setup.
+
+Example::
+
+    write_report(rows, ["NDCG@10", "Recall@100"], folder)     # results.json, results.md, one PNG per metric
+    "\n".join(table_lines(["teacher", "pairs/s"], "lr", [["minilm", "812"]]))
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -61,6 +71,23 @@ def add_evidence(rows: list[ResultRow], baselines: dict[str, str], metric: str) 
                         "baselines": list(baselines)}
 
 
+def table_lines(header: Sequence[str], align: str, rows: Iterable[Sequence[str]] = ()) -> list[str]:
+    """A Markdown table as lines: the header, the alignment row (one letter per column, ``l`` left or ``r``
+    right) and one line per row of formatted cells."""
+    return ["| " + " | ".join(header) + " |", "|" + "".join("---:|" if a == "r" else "---|" for a in align),
+            *("| " + " | ".join(row) + " |" for row in rows)]
+
+
+def _pyplot():
+    """matplotlib's pyplot on the Agg backend (files only, no display)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def _test_cell(test: dict | None) -> str:
     if test is None:
         return "-"
@@ -81,9 +108,7 @@ def markdown_table(rows: list[ResultRow], metric_names: list[str]) -> str:
         metric = next((r.evidence["metric"] for r in block if r.evidence), "")
         extra = ([f"{metric} 95% CI"] if evidence else []) + [f"vs {label} ({metric})" for label in labels]
         ids = "; hits with the query's own id dropped" if block[0].identical_ids_ignored else ""
-        lines += [f"### {dataset} ({block[0].split} split, {block[0].queries} queries{ids})", "",
-                  "| retriever | " + " | ".join([*metric_names, *extra]) + " |",
-                  "|---|" + "---:|" * (len(metric_names) + len(extra))]
+        body = []
         for row in block:
             cells = []
             for m in metric_names:
@@ -95,8 +120,10 @@ def markdown_table(rows: list[ResultRow], metric_names: list[str]) -> str:
                 cells.append(f"{ci[0]:.4f}-{ci[1]:.4f}" if ci else "-")
             cells += [_test_cell(row.evidence.get("tests", {}).get(label)) for label in labels]
             seeds = f" ({len(row.seeds)} seeds)" if len(row.seeds) > 1 else ""
-            lines.append(f"| {row.retriever}{seeds} | " + " | ".join(cells) + " |")
-        lines.append("")
+            body.append([f"{row.retriever}{seeds}", *cells])
+        lines += [f"### {dataset} ({block[0].split} split, {block[0].queries} queries{ids})", "",
+                  *table_lines(["retriever", *metric_names, *extra], "l" + "r" * (len(metric_names) + len(extra)),
+                               body), ""]
         if any(len(r.seeds) > 1 for r in block):
             lines += ["Rows over several seeds: mean ± sample standard deviation across seeds; their CI and tests are "
                       "on the per-query mean across seeds.", ""]
@@ -109,11 +136,7 @@ def markdown_table(rows: list[ResultRow], metric_names: list[str]) -> str:
 
 def bar_chart(rows: list[ResultRow], metric: str, path: Path) -> None:
     """Grouped bars: one group per data set, one bar per retriever."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     datasets = sorted({r.dataset for r in rows})
     retrievers = list(dict.fromkeys(r.retriever for r in rows))
     width = 0.8 / max(len(retrievers), 1)
@@ -146,3 +169,120 @@ def write_report(rows: list[ResultRow], metric_names: list[str], folder: Path, e
     for metric in metric_names:
         bar_chart(rows, metric, folder / f"{metric.replace('@', '_at_').lower()}.png")
     return table
+
+
+def training_data_markdown(payload: dict, metrics: list[str]) -> str:
+    """``training_data.md`` from ``write_training_data_report``'s payload: candidate mining, the guide filter's
+    recall and cost per margin, each reranker's ``metrics`` per split with the best weightings, TAS-Balanced's
+    margin balance and teacher throughput."""
+    from stillhouse.eval.rerank import weights_label
+
+    mined, guide, tas = payload["mined"], payload["guide"], payload["tas"]
+    study = [[f"{row['strategy']}", f"{row['margin']:g}",
+              f"{row['false_negatives_removed']}/{row['false_negatives']} ({row['recall']:.1%})",
+              f"{row['others_removed']}/{row['others']} ({row['cost']:.1%})"] for row in guide["study"]]
+    lines = ["# Training data", "", "## Candidate mining", "",
+             f"{mined['queries']} queries, {mined['positives']} positives, {mined['candidates']} candidates "
+             f"({mined['judged_relevant_candidates']} of them judged relevant: known false negatives).",
+             "", "## GISTEmbed guide filter against the labels", "",
+             f"Training uses strategy `{guide['strategy']}`, margin {guide['margin']:g}: "
+             f"{guide['candidates_dropped']} candidates dropped.", "",
+             *table_lines(["strategy", "margin", "false negatives removed (recall)", "other candidates removed (cost)"],
+                          "lrrr", study)]
+    for rerank in payload["rerank"]:
+        rows = [[f"{row['reranker']}", *(f"{row['metrics'][m]:.4f}" for m in metrics)] for row in rerank["rows"]]
+        best = "; ".join(f"({weights_label(g['weights'])}) {g['value']:.4f}" for g in rerank["grid"][:3])
+        lines += ["", f"## Reranking BM25's candidates: {rerank['dataset']} {rerank['split']} "
+                      f"({rerank['queries']} queries)", "",
+                  *table_lines(["reranker", *metrics], "l" + "r" * len(metrics), rows),
+                  "", f"{len(rerank['grid'])} weightings tried (each teacher 0, 0.5, 1 or 2); best on this split by "
+                      f"{rerank['grid_metric']}: {best}"]
+    throughput = [[f"{name}", f"{timing['pairs']}", f"{timing['pairs_per_second']:.0f}", f"{timing['device']}"]
+                  for name, timing in payload["throughput"].items()]
+    lines += ["", "## TAS-Balanced sampling", "",
+              f"{tas['triples']} triples; over {tas['epochs']} epochs, {tas['single_cluster_batches']} of "
+              f"{tas['batches']} batches drew every query from one cluster.",
+              f"KL(margin histogram || uniform): TAS-Balanced {tas['kl_tas']:.3f}, one random pair per query "
+              f"{tas['kl_random']:.3f} (lower is flatter).", "", "## Teacher throughput", "",
+              *table_lines(["teacher", "pairs", "pairs/s", "device"], "lrrl", throughput)]
+    return "\n".join(lines) + "\n"
+
+
+def plot_guide_study(study: list[dict], path: Path) -> None:
+    """The guide filter's trade-off: false negatives removed (recall) against other candidates removed (cost),
+    one line per margin strategy, each point labeled with its margin."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4.8, 3.6))
+    for strategy in dict.fromkeys(r["strategy"] for r in study):
+        rows = [r for r in study if r["strategy"] == strategy]
+        ax.plot([r["cost"] for r in rows], [r["recall"] for r in rows], marker="o", label=strategy)
+        for r in rows:
+            ax.annotate(f"{r['margin']:g}", (r["cost"], r["recall"]), fontsize=7)
+    ax.set_xlabel("other candidates removed (cost)")
+    ax.set_ylabel("false negatives removed (recall)")
+    ax.legend(fontsize=8)
+    ax.set_title("GISTEmbed guide filter")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_margins(balance: dict, path: Path) -> None:
+    """TAS-Balanced against one random pair per query: the share of sampled pairs per margin bin (``balance`` as
+    written by the TAS sampler: ``edges``, ``hist_random``, ``hist_tas``)."""
+    import numpy as np
+
+    plt = _pyplot()
+    edges = np.asarray(balance["edges"])
+    centers = (edges[:-1] + edges[1:]) / 2
+    width = (edges[1] - edges[0]) * 0.4
+    fig, ax = plt.subplots(figsize=(4.8, 3.6))
+    for offset, key, label in ((-width / 2, "hist_random", "random pair"), (width / 2, "hist_tas", "TAS-Balanced")):
+        counts = np.asarray(balance[key], dtype=float)
+        ax.bar(centers + offset, counts / counts.sum(), width, label=label)
+    ax.set_xlabel("margin position in its query's range (0 = lowest, 1 = highest)")
+    ax.set_ylabel("share of sampled pairs")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_training_data_report(folder: Path, *, mined: dict, study: list[dict], kept: Mapping[str, Sequence],
+                               margin: float, strategy: str, reranks: list[dict],
+                               reweigh: Sequence[Callable[[dict[str, float]], dict[str, float]]], balance: dict,
+                               throughput: dict[str, dict], metrics: list[str]) -> dict:
+    """Write ``training_data.json``, ``training_data.md``, ``guide_study.png`` and ``tas_margins.png`` into
+    ``folder``; return the JSON payload.
+
+    ``mined`` is candidate mining's stats, ``study`` the guide filter's recall and cost per (strategy, margin) and
+    ``kept`` its table over the training candidates (boolean columns ``kept`` and ``positive``; a candidate neither
+    kept nor positive was dropped) under the training ``margin`` and ``strategy``. ``reranks`` are the rerank
+    studies' records (``stillhouse.eval.rerank.rerank_study``), one per split, and ``reweigh`` for each a function
+    giving the ensemble's ``metrics`` on that split under other weights: when a train split was studied, its best
+    weighting (``weights_chosen_on_train``) is applied to every split, one more row each, so that the other splits
+    show the ensemble with weights not chosen on them. ``balance`` is TAS-Balanced's margin balance and
+    ``throughput`` each teacher's timing.
+
+    Example::
+
+        payload = write_training_data_report(folder, mined=stats, study=study, kept=guide_table, margin=0.0,
+                                             strategy="absolute", reranks=[record], reweigh=[evaluate_weights],
+                                             balance=balance, throughput={"minilm": timing}, metrics=["NDCG@10"])
+    """
+    from stillhouse.eval.rerank import weights_chosen_on_train, weights_label
+
+    chosen = weights_chosen_on_train(reranks)
+    if chosen:
+        for evaluate, rerank in zip(reweigh, reranks, strict=True):
+            rerank["rows"].append({"reranker": "ensemble, weights chosen on train " + weights_label(chosen),
+                                   "metrics": evaluate(chosen)})
+    payload = {"mined": mined, "guide": {"margin": margin, "strategy": strategy,
+                                         "candidates_dropped": int((~kept["kept"] & ~kept["positive"]).sum()),
+                                         "study": study},
+               "rerank": reranks, "weights_chosen_on_train": chosen, "tas": balance, "throughput": throughput}
+    (folder / "training_data.json").write_text(json.dumps(payload, indent=2))
+    (folder / "training_data.md").write_text(training_data_markdown(payload, metrics))
+    plot_guide_study(study, folder / "guide_study.png")
+    plot_margins(balance, folder / "tas_margins.png")
+    return payload

@@ -59,6 +59,27 @@ def generate_rows(lm, setup: PromptSetup, builder: PromptBuilder, documents: lis
     return rows
 
 
+def generate_shard(lm, setup: PromptSetup, builder: PromptBuilder, documents: list[tuple[str, str]], shard: int,
+                   shards: int, settings: DecodeSettings, generator_name: str,
+                   desc: str = "generating") -> tuple[list[dict], dict]:
+    """``generate_rows`` for one of ``shards`` contiguous slices of ``documents``, and the slice's stats.
+
+    Shard ``i`` of ``S`` over ``n`` documents covers ``[i * n // S, (i + 1) * n // S)``, so the shards partition
+    the documents and differ in size by at most one; a killed run regenerates only its unfinished shards.
+    The stats are ``{"documents": the slice's size, "truncated": the builder's count of truncated target
+    documents}`` (pass a fresh builder per shard).
+
+    Example::
+
+        lm = load_causal_lm(model_dir)
+        rows, stats = generate_shard(lm, PromptSetup("zero-shot"), PromptBuilder(lm.tokenizer), documents,
+                                     shard=0, shards=4, settings=DecodeSettings(), generator_name="smollm2")
+    """
+    lo, hi = shard * len(documents) // shards, (shard + 1) * len(documents) // shards
+    rows = generate_rows(lm, setup, builder, documents[lo:hi], settings, generator_name, desc=desc)
+    return rows, {"documents": hi - lo, "truncated": builder.truncated}
+
+
 def judge_rows(rows: list[dict], doc_texts: dict[str, str], example_queries: list[str]) -> list[dict]:
     """Add ``degenerate``, ``copy`` and ``duplicate`` labels (round-trip ranks are added separately)."""
     seen: set[tuple[str, str]] = set()

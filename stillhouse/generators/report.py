@@ -1,9 +1,32 @@
-"""The query generation report: one row per (generator, prompt kind), plus kept and rejected examples."""
+"""The query generation report: one row per (generator, prompt kind), plus kept and rejected examples.
+
+Beside the filter's rates (round trip, copy, degenerate, kept), each row measures how well its prompt predicts
+real queries: the mean negative log-likelihood per token of held-out (document, query) pairs the prompt never saw,
+
+    NLL = - (1 / sum_i |q_i|) sum_i sum_t log p(q_i,t | q_i,<t, [prompt; d_i]),
+
+the loss SPTAR (Peng et al., 2023) trains its soft prompt on and ranks example groups by. For SPTAR it is also
+measured for the hard Promptagator prompt with the same examples, which shows what the soft prompt adds.
+
+Example::
+
+    setup = ReportSetup("smollm2", "smollm2", lambda: model_dir, PromptSetup("promptagator", examples),
+                        PromptBuilder, held_out, summary)
+    results = report_generation([setup], folder)             # generation.md, generation.json
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
 from pathlib import Path
+
+from stillhouse.eval.report import table_lines
+from stillhouse.generators.lm import load_causal_lm
+from stillhouse.generators.prompts import Example, PromptBuilder
+from stillhouse.generators.query_gen import PromptSetup, held_out_nll
+from stillhouse.retrievers.errors import UserError
 
 COLUMNS = [("nll_per_token", "held-out NLL/token"), ("bm25_top1", "BM25 top-1"), ("dense_top1", "MiniLM top-1"),
            ("copy_rate", "copy"), ("degenerate_rate", "degenerate"), ("kept_rate", "kept"),
@@ -14,12 +37,11 @@ TRAINED_COLUMNS = [("trained_top1", "trained top-1"), ("kept_trained_top1", "kep
 def generation_table(results: list[dict]) -> str:
     """One row per setup; the round trip under the fine-tuned retriever appears when it was run."""
     columns = COLUMNS + (TRAINED_COLUMNS if any("trained_top1" in r for r in results) else [])
-    lines = ["| generator | prompt | generated | " + " | ".join(title for _, title in columns) + " |",
-             "|---|---|---:|" + "---:|" * len(columns)]
-    for r in results:
-        cells = [f"{r[key]:.3f}" if isinstance(r.get(key), float) else str(r.get(key, "")) for key, _ in columns]
-        lines.append(f"| {r['generator']} | {r['prompt']} | {r['generated']} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    rows = [[f"{r['generator']}", f"{r['prompt']}", f"{r['generated']}",
+             *(f"{r[key]:.3f}" if isinstance(r.get(key), float) else str(r.get(key, "")) for key, _ in columns)]
+            for r in results]
+    return "\n".join(table_lines(["generator", "prompt", "generated", *(title for _, title in columns)],
+                                 "llr" + "r" * len(columns), rows))
 
 
 def write_generation_report(results: list[dict], folder: Path) -> str:
@@ -37,3 +59,48 @@ def write_generation_report(results: list[dict], folder: Path) -> str:
     (folder / "generation.md").write_text(text)
     (folder / "generation.json").write_text(json.dumps(results, indent=2))
     return table
+
+
+@dataclass
+class ReportSetup:
+    """One (generator, prompt kind) of the report: what its filter measured and what its NLL is measured with."""
+
+    generator: str  # the generator's name in the table
+    source: Hashable  # which LM: consecutive setups with the same source share one loaded copy
+    model_dir: Callable[[], Path]  # where that LM is; asked only when the LM is loaded
+    setup: PromptSetup
+    builder: Callable[[object], PromptBuilder]  # a prompt builder for the LM's tokenizer
+    held_out: list[Example]  # labeled pairs no prompt has seen
+    summary: dict  # the filter's summary: generated, round-trip, copy, degenerate and kept rates, examples
+
+
+def measure_generation(setups: list[ReportSetup]) -> list[dict]:
+    """One report row per setup: its held-out NLL per token (and, for SPTAR, the hard prompt's with the same
+    examples) followed by its filter ``summary``. One LM is loaded at a time, reused while the setups in a row
+    share its source. Raises ``UserError`` for a setup without held-out pairs."""
+    results = []
+    loaded: dict[Hashable, object] = {}  # one copy of each generator LM, reused across prompt kinds
+    for entry in setups:
+        if not entry.held_out:
+            raise UserError("generation report: no held-out train pairs left to measure NLL on; lower "
+                            "prompt_examples, tune_pairs or filter_eval_pairs")
+        if entry.source not in loaded:
+            loaded.clear()
+            loaded[entry.source] = load_causal_lm(entry.model_dir())
+        lm = loaded[entry.source]
+        nll = held_out_nll(lm, entry.setup, entry.builder(lm.tokenizer), entry.held_out)
+        hard_nll = None
+        if entry.setup.kind == "sptar":  # the hard prompt the soft prompt started from, same examples
+            hard = PromptSetup("promptagator", entry.setup.examples)
+            hard_nll = held_out_nll(lm, hard, entry.builder(lm.tokenizer), entry.held_out).per_token
+        results.append({"generator": entry.generator, "prompt": entry.setup.kind, "nll_per_token": nll.per_token,
+                        "nll_pairs": len(entry.held_out), "hard_prompt_nll_per_token": hard_nll, **entry.summary})
+    return results
+
+
+def report_generation(setups: list[ReportSetup], folder: Path) -> list[dict]:
+    """``measure_generation`` written as ``generation.md`` and ``generation.json`` into ``folder``; returns the
+    rows."""
+    results = measure_generation(setups)
+    write_generation_report(results, folder)
+    return results

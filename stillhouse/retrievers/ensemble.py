@@ -56,3 +56,34 @@ def aggregate(normalized: dict[str, np.ndarray], weights: dict[str, float]) -> n
     if total <= 0:
         raise ValueError("ensemble weights must sum to a positive number")
     return sum(np.asarray(normalized[name], dtype=np.float64) * w for name, w in weights.items()).astype(np.float32)
+
+
+def ensemble_columns(pairs: dict[str, np.ndarray], kept: np.ndarray, raw_scores: dict[str, np.ndarray],
+                     normalization: Normalization, weights: dict[str, float]) -> dict[str, np.ndarray]:
+    """The kept pairs with every teacher's raw and per-query normalized score and the ensemble score.
+
+    Geng et al. (2024, §3.2): each teacher's scores ``s_t`` over one query's kept pairs are normalized
+    (``normalize_per_query``; min-max ``s'_t = (s_t - min) / (max - min)`` by default) and the ensemble score is
+    ``S(q, d) = sum_t w_t s'_t(q, d)`` (``aggregate``). ``pairs`` holds the columns query_id, doc_id and positive
+    of every mined pair, ``kept`` the guide filter's mask over them and ``raw_scores`` each teacher's score of
+    every mined pair (teacher name -> array in row order).
+
+    Returns the columns query_id, doc_id, positive, then ``raw_<teacher>`` and ``norm_<teacher>`` for each
+    teacher in the order of ``raw_scores``, then ``ensemble``.
+
+    Example::
+
+        columns = ensemble_columns(pairs, kept, {"minilm": minilm_scores, "bm25": bm25_scores}, "minmax",
+                                   {"minilm": 0.5, "bm25": 0.5})
+        columns["ensemble"]
+    """
+    query_ids = pairs["query_id"][kept]
+    columns = {"query_id": query_ids, "doc_id": pairs["doc_id"][kept], "positive": pairs["positive"][kept]}
+    normalized = {}
+    for name, scores in raw_scores.items():
+        raw = scores[kept]
+        normalized[name] = normalize_per_query(raw, query_ids, normalization)
+        columns[f"raw_{name}"] = raw
+        columns[f"norm_{name}"] = normalized[name]
+    columns["ensemble"] = aggregate(normalized, weights)
+    return columns

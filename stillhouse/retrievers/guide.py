@@ -18,6 +18,7 @@ below), and mining follows that loss to the comparison: its ``mask_false_negativ
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -77,6 +78,64 @@ def guide_study(candidate_score: np.ndarray, positive_score: np.ndarray, known_r
                                   int((removed & known_relevant).sum()), int((~known_relevant).sum()),
                                   int((removed & ~known_relevant).sum())))
     return rows
+
+
+@dataclass(frozen=True)
+class GuideFiltered:
+    """The mined pairs after the guide filter (``filter_mined``) and its study of the margins."""
+
+    columns: dict[str, np.ndarray]  # query_id, doc_id, positive, judged_relevant, guide_score, positive_score, kept
+    study: list[GuideStudyRow]
+
+    @property
+    def candidates(self) -> int:
+        """Mined candidates (pairs that are not positives)."""
+        return int((~self.columns["positive"]).sum())
+
+    @property
+    def dropped(self) -> int:
+        """Candidates not kept as negatives."""
+        return int((~self.columns["positive"] & ~self.columns["kept"]).sum())
+
+    def study_records(self) -> list[dict]:
+        """The study as JSON-ready rows, recall and cost included."""
+        return [{**vars(row), "recall": row.recall, "cost": row.cost} for row in self.study]
+
+
+def filter_mined(pairs: dict[str, np.ndarray], guide_scores: np.ndarray, margin: float, strategy: MarginStrategy,
+                 enabled: bool = True, study_margins: Sequence[tuple[MarginStrategy, float]] = ()) -> GuideFiltered:
+    """GISTEmbed's guide rule over mined pairs, before training: which candidates stay negatives.
+
+    ``pairs`` holds the columns query_id, doc_id, positive and judged_relevant (one row per mined pair, as
+    ``stillhouse.retrievers.mining.mine_candidates`` returns them) and ``guide_scores`` the guide's ``G(q, d)``
+    of each row. A candidate ``c`` of query ``q`` is kept when ``G(q, c) <= G(q, p) - margin`` (absolute) or
+    ``G(q, c) <= G(q, p) - |G(q, p)| * margin`` (relative), ``G(q, p)`` the lowest score of ``q``'s positives
+    (Solatorio, 2024, §3.1; ``guide_keep``). With ``enabled`` False every candidate passes the rule (the
+    ablation). Either way a candidate the labels call relevant (``judged_relevant``) is never kept as a
+    negative, and positives are always kept.
+
+    ``study_margins`` lists the (strategy, margin) settings whose removals ``guide_study`` measures against the
+    labels: the relevant candidates each removes (recall) and the others (cost).
+
+    Example::
+
+        filtered = filter_mined(pairs, guide_scores, 0.0, "absolute", study_margins=[("absolute", 0.0)])
+        filtered.columns["kept"], filtered.dropped, filtered.study_records()
+    """
+    scores = guide_scores.astype(np.float64)
+    query_ids, positive = pairs["query_id"], pairs["positive"].astype(bool)
+    lowest = {}
+    for q, s in zip(query_ids[positive], scores[positive], strict=True):
+        lowest[q] = min(s, lowest.get(q, np.inf))
+    positive_score = np.array([lowest[q] for q in query_ids])
+    candidate = ~positive
+    keep = guide_keep(scores, positive_score, margin, strategy) if enabled else np.ones(len(scores), dtype=bool)
+    judged = pairs["judged_relevant"].astype(bool)
+    kept = positive | (keep & ~judged)  # a candidate the labels call relevant is never kept as a negative
+    columns = {"query_id": query_ids, "doc_id": pairs["doc_id"], "positive": positive, "judged_relevant": judged,
+               "guide_score": scores, "positive_score": positive_score, "kept": kept}
+    study = guide_study(scores[candidate], positive_score[candidate], judged[candidate], list(study_margins))
+    return GuideFiltered(columns, study)
 
 
 def check_guide_tokenizer(student, guide, student_name: str, guide_name: str) -> None:

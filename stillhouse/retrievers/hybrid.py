@@ -25,17 +25,22 @@ Example::
     runs = {"dense": dense_run, "sparse": sparse_run}          # {query id: {doc id: score}}
     fused, parts = fuse_runs(runs, {"dense": 0.6, "sparse": 0.4}, depth=100)
     choice = select_weights(runs, qrels, step=0.1)              # -> WeightChoice(weights={...}, score=...)
+    record = weights_record(runs, qrels, pairs, "examples", "scifact", "train")   # what weights.json holds
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from stillhouse.retrievers.ensemble import Normalization, aggregate, normalize_per_query
+from stillhouse.retrievers.errors import UserError
 from stillhouse.retrievers.runs import Run
+
+log = logging.getLogger(__name__)
 
 MIN_SELECTION_QUERIES = 8  # fewer labeled queries than this choose weights by noise: refused
 
@@ -128,6 +133,32 @@ def select_weights(runs: dict[str, Run], qrels: dict[str, dict[str, int]], step:
     best = max(grid, key=lambda g: (round(g["score"], 10),
                                     -float(np.linalg.norm(np.array(list(g["weights"].values())) - uniform))))
     return WeightChoice(dict(best["weights"]), best["score"], metric, len(qrels), grid)
+
+
+def weights_record(runs: dict[str, Run], qrels: dict[str, dict[str, int]], pairs: list[dict], source: str,
+                   dataset: str, split: str, step: float = 0.1, metric: str = "NDCG@10", depth: int = 100,
+                   ignore_identical_ids: bool = False) -> dict:
+    """``select_weights`` on the selection queries of ``qrels`` (of ``dataset``'s ``split``), logged, as the
+    record a hybrid's ``weights.json`` holds: ``{weights, score, metric, queries, source, dataset, split, pairs,
+    grid}``.
+
+    ``source`` names where the labels come from (``examples``: the labeled pairs a run's generation already spends,
+    listed in ``pairs`` as ``{query_id, doc_id, query, role}``; ``split``: a judged split, ``pairs`` empty). Fewer
+    than ``MIN_SELECTION_QUERIES`` judged queries raise ``UserError``: weights chosen on so few are noise."""
+    where = f"{dataset} {split}"
+    if len(qrels) < MIN_SELECTION_QUERIES:
+        raise UserError(f"hybrid weights: {source} gives {len(qrels)} labeled queries on {where}, "
+                        f"fewer than {MIN_SELECTION_QUERIES}; raise [generation] prompt_examples/tune_pairs/"
+                        "filter_eval_pairs, or give the weights as numbers")
+    choice = select_weights(runs, qrels, step, metric, depth, ignore_identical_ids=ignore_identical_ids)
+    log.info("hybrid weights from %d %s of %s: %s (%s %.4f)", len(qrels),
+             "labeled example pairs" if pairs else "judged queries", where,
+             ", ".join(f"{m} {w:.2f}" for m, w in choice.weights.items()), choice.metric, choice.score)
+    if pairs:
+        log.info("hybrid weights: the %d pairs (query id -> document id): %s", len(pairs),
+                 ", ".join(f"{p['query_id']}->{p['doc_id']}" for p in pairs))
+    return {"weights": choice.weights, "score": choice.score, "metric": choice.metric, "queries": choice.queries,
+            "source": source, "dataset": dataset, "split": split, "pairs": pairs, "grid": choice.grid}
 
 
 class HybridSearcher:

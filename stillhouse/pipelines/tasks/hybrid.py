@@ -1,7 +1,8 @@
 """Hybrid tasks: the fused retriever's weights (chosen without the evaluation split) and its fused run.
 
-Both are wiring around ``stillhouse.retrievers.hybrid``: ``HybridWeights`` calls ``select_weights`` on the members'
-runs of a selection split, ``HybridSearch`` calls ``fuse_runs`` on the members' runs of the evaluated split.
+Both are wiring around ``stillhouse.retrievers.hybrid``: ``HybridWeights`` calls ``weights_record`` (``select_weights``
+with its checks and log lines) on the members' runs of a selection split, ``HybridSearch`` calls ``fuse_runs`` on the
+members' runs of the evaluated split.
 """
 
 from __future__ import annotations
@@ -18,8 +19,6 @@ from stillhouse.pipelines.artifacts import write_json_atomic
 from stillhouse.pipelines.tasks.base import StageTask
 from stillhouse.pipelines.tasks.data import LoadDataset
 from stillhouse.pipelines.tasks.retrieval import DatasetTask, search_task
-from stillhouse.retrievers.errors import UserError
-from stillhouse.retrievers.hybrid import MIN_SELECTION_QUERIES
 from stillhouse.retrievers.runs import read_trec_run, write_trec_run
 
 log = logging.getLogger("stillhouse")
@@ -87,27 +86,14 @@ class HybridWeights(StageTask):
         return {p["query_id"]: {p["doc_id"]: 1} for p in pairs}, pairs
 
     def build(self, folder: Path) -> None:
-        from stillhouse.retrievers.hybrid import select_weights
+        from stillhouse.retrievers.hybrid import weights_record
 
         qrels, pairs = self.selection_qrels()
-        where = f"{self.selection['dataset']['dataset']} {self.selection['dataset']['split']}"
-        if len(qrels) < MIN_SELECTION_QUERIES:
-            raise UserError(f"hybrid weights: {self.selection['kind']} gives {len(qrels)} labeled queries on {where}, "
-                            f"fewer than {MIN_SELECTION_QUERIES}; raise [generation] prompt_examples/tune_pairs/"
-                            "filter_eval_pairs, or give the weights as numbers")
-        runs = member_runs(self.searches())
-        choice = select_weights(runs, qrels, self.selection["step"], self.selection["metric"], self.top_k,
-                                ignore_identical_ids=self.selection.get("ignore_identical_ids", False))
-        log.info("hybrid weights from %d %s of %s: %s (%s %.4f)", len(qrels),
-                 "labeled example pairs" if pairs else "judged queries", where,
-                 ", ".join(f"{m} {w:.2f}" for m, w in choice.weights.items()), choice.metric, choice.score)
-        if pairs:
-            log.info("hybrid weights: the %d pairs (query id -> document id): %s", len(pairs),
-                     ", ".join(f"{p['query_id']}->{p['doc_id']}" for p in pairs))
-        write_json_atomic(folder / "weights.json", {
-            "weights": choice.weights, "score": choice.score, "metric": choice.metric, "queries": choice.queries,
-            "source": self.selection["kind"], "dataset": self.selection["dataset"]["dataset"],
-            "split": self.selection["dataset"]["split"], "pairs": pairs, "grid": choice.grid})
+        selection, data = self.selection, self.selection["dataset"]
+        record = weights_record(member_runs(self.searches()), qrels, pairs, selection["kind"], data["dataset"],
+                                data["split"], selection["step"], selection["metric"], self.top_k,
+                                ignore_identical_ids=selection.get("ignore_identical_ids", False))
+        write_json_atomic(folder / "weights.json", record)
 
     def weights(self) -> dict[str, float]:
         return json.loads((self.out_dir / "weights.json").read_text())["weights"]

@@ -1,10 +1,10 @@
 """Sparse retrieval tasks: the inference-free sparse student, and Lucene impact indexes and search.
 
-``TrainSparse`` trains the student (``stillhouse.retrievers.sparse_student``). ``ImpactIndex`` encodes the corpus with a
-sparse model's document route, streams the vectors as integer impacts into a Pyserini JsonVectorCollection
-and indexes it with Lucene (``-impact -pretokenized``). ``ImpactSearch`` builds the query vectors (the
-student: its static IDF table, no model; a siamese SPLADE model: its query encoder) and answers them with
-Pyserini's impact searcher. Both take a sparse model either as a fetched source (``model``) or as a trained
+``TrainSparse`` trains the student (``stillhouse.retrievers.sparse_student.train_student``). ``ImpactIndex``
+encodes the corpus with a sparse model's document route, streams the vectors as integer impacts into a Pyserini
+JsonVectorCollection and indexes it with Lucene (``-impact -pretokenized``). ``ImpactSearch`` builds the query
+vectors (the student: its static IDF table, no model; a siamese SPLADE model: its query encoder) and answers them
+with Pyserini's impact searcher. Both take a sparse model either as a fetched source (``model``) or as a trained
 student (``trained``, like the dense tasks).
 """
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from pathlib import Path
 
 import luigi
@@ -55,65 +54,13 @@ class TrainSparse(StudentTask):
         return {"student": student, "weights": dict(self.training["weights"])}
 
     def build(self, folder: Path) -> None:
-        from transformers import AutoTokenizer
+        from stillhouse.retrievers.sparse_student import train_student
 
-        from stillhouse.retrievers.dense import document_text
-        from stillhouse.retrievers.distill_dense import student_triples
-        from stillhouse.retrievers.impact_index import corpus_idf
-        from stillhouse.retrievers.sparse_student import (
-            masked_lm_folder,
-            query_weights,
-            read_idf_json,
-            sparse_student_settings,
-            train_sparse_student,
-            write_idf_json,
-        )
-
-        s = dict(self.student)
         corpus = self.corpus_task().load().corpus
-        texts = [document_text(doc) for doc in corpus.values()]
-        doc_dir = masked_lm_folder(self.base_task().model_dir(), s["mlm_head"], folder / "mlm-base", s["base_model"],
-                                   seed=s["seed"])
-        warmup = None
-        if s.get("mlm_warmup_steps"):
-            doc_dir, warmup = self._warm_up(doc_dir, texts, folder)
-        tokenizer = AutoTokenizer.from_pretrained(doc_dir)
-        if s["idf"] == "corpus":
-            idf = corpus_idf(tokenizer, texts)
-        else:
-            idf = read_idf_json(Path(s["idf"]), tokenizer)
         table = read_table(self.triples_task().out_dir / "triples.parquet")
-        triples = student_triples(table, corpus, dict(self.training["weights"]), s["negatives_per_query"], 1.0)
-        settings = sparse_student_settings(s, self.training["margin_bins"])
-        log.info("sparse student: %d triples of %d queries (%s FLOPS, %s)", len(triples["query_id"]),
-                 len(set(triples["query_id"])), s["regularizer"], s["loss"])
-        stats = train_sparse_student(doc_dir, idf, triples, folder / "model", self.checkpoint_dir(), settings)
-        # The query table the model searches with (ones for the plain-FLOPS ablation), for exports and serving.
-        write_idf_json(tokenizer, query_weights(idf, s["regularizer"]), folder / "idf.json")
-        shutil.rmtree(folder / "mlm-base", ignore_errors=True)
-        (folder / "training.json").write_text(json.dumps({**stats, "mlm_warmup": warmup}, indent=2))
-
-    def _warm_up(self, doc_dir: Path, texts: list[str], folder: Path) -> tuple[Path, dict | None]:
-        """Masked-LM steps on the corpus (``stillhouse.retrievers.mlm_warmup``) into a copy of the starting checkpoint
-        (the folder returned); skipped when distillation resumes from a checkpoint, which holds the warmed-up weights
-        already."""
-        from stillhouse.retrievers.distill_dense import last_complete_checkpoint
-        from stillhouse.retrievers.mlm_warmup import warm_up_mlm
-
-        record = self.checkpoint_dir() / "mlm_warmup.json"
-        if last_complete_checkpoint(self.checkpoint_dir()) and record.is_file():
-            log.info("sparse student: resuming distillation; the masked-LM warm-up is in its checkpoint")
-            return doc_dir, json.loads(record.read_text())
-        target = folder / "mlm-base"
-        if doc_dir != target:  # the fetched model itself: never train it in place
-            shutil.copytree(doc_dir, target, dirs_exist_ok=True)
-        s = dict(self.student)
-        stats = warm_up_mlm(target, texts, s["mlm_warmup_steps"],
-                            max_length=s["train_max_seq_length"] or s["max_seq_length"],
-                            learning_rate=s["mlm_warmup_learning_rate"], seed=s["seed"])
-        self.checkpoint_dir().mkdir(parents=True, exist_ok=True)
-        record.write_text(json.dumps(stats))
-        return target, stats
+        stats = train_student(self.base_task().model_dir(), corpus, table, dict(self.training["weights"]),
+                              dict(self.student), self.training["margin_bins"], folder, self.checkpoint_dir())
+        (folder / "training.json").write_text(json.dumps(stats, indent=2))
 
 
 def sparse_student_task(workdir: str, trained: dict) -> TrainSparse:

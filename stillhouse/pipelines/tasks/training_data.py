@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import luigi
 import numpy as np
@@ -163,36 +165,18 @@ class MineCandidates(TrainTask):
                 base_index(self), FetchModel(workdir=self.workdir, source=self.training["base"]["model"])]
 
     def build(self, folder: Path) -> None:
-        from stillhouse.retrievers.bm25 import bm25_search
-        from stillhouse.retrievers.dense import dense_search
-        from stillhouse.retrievers.mining import merge_candidates
+        from stillhouse.retrievers.mining import mine_candidates
 
         queries, positives, judged = self.make(TrainingQueries).load()
-        bm25_k, dense_k = self.training["bm25_candidates"], self.training["dense_candidates"]
-        extra = max(map(len, positives.values()))
-        bm25_run = bm25_search(self.requires()[1].out_dir / "index", queries, bm25_k + extra) if bm25_k else {}
-        dense_run = (dense_search(self.requires()[3].model_dir(), base_index(self).out_dir, queries, dense_k + extra,
-                                  self.training["base"]["batch_size"], self.training["base"]["max_seq_length"])
-                     if dense_k else {})
-        candidates = merge_candidates(bm25_run, dense_run, {q: set(p) for q, p in positives.items()}, bm25_k, dense_k)
-        rows: dict[str, list] = {k: [] for k in ("query_id", "doc_id", "positive", "judged_relevant", "bm25_rank",
-                                                 "dense_rank")}
-        for query_id, docs in positives.items():
-            for doc_id in docs:
-                for key, value in zip(rows, (query_id, doc_id, True, True, 0, 0), strict=True):
-                    rows[key].append(value)
-        for c in candidates:
-            relevant = c.doc_id in set(judged.get(c.query_id, ()))
-            for key, value in zip(rows, (c.query_id, c.doc_id, False, relevant, c.bm25_rank, c.dense_rank),
-                                  strict=True):
-                rows[key].append(value)
+        t, base = self.training, self.training["base"]
+        dense_model = self.requires()[3].model_dir() if t["dense_candidates"] else None
+        rows, stats = mine_candidates(queries, positives, judged, self.requires()[1].out_dir / "index",
+                                      t["bm25_candidates"], dense_model, base_index(self).out_dir,
+                                      t["dense_candidates"], base["batch_size"], base["max_seq_length"])
         write_table(rows, folder / "pairs.parquet")
         write_jsonl_queries(queries, folder / "queries.jsonl")
-        stats = {"queries": len(queries), "positives": sum(map(len, positives.values())),
-                 "candidates": len(candidates), "judged_relevant_candidates": int(sum(rows["judged_relevant"])
-                                                                                  - sum(rows["positive"]))}
         (folder / "stats.json").write_text(json.dumps(stats, indent=2))
-        log.info("mined %d candidates for %d queries", len(candidates), len(queries))
+        log.info("mined %d candidates for %d queries", stats["candidates"], len(queries))
 
 
 class RerankPairs(StageTask):
@@ -321,48 +305,33 @@ class TeacherScores(StageTask):
         return {"teacher": teacher, "pairs": {"kind": self.pairs["kind"], "split": split}}
 
     def build(self, folder: Path) -> None:
-        from stillhouse.retrievers import teachers
+        from stillhouse.retrievers.teachers import score_pairs
 
         source = self.source().out_dir
         table = read_table(source / "pairs.parquet")
         pairs = list(zip(table["query_id"].tolist(), table["doc_id"].tolist(), strict=True))
-        queries = read_jsonl_queries(source / "queries.jsonl")
-        t = self.teacher
-        started = time.perf_counter()
-        if t["kind"] == "bm25":
-            index = BM25Index(workdir=self.workdir, dataset=self.corpus, multifield=False)
-            scores = teachers.bm25_pair_scores(index.out_dir / "index", queries, pairs, t["k1"], t["b"])
-        else:
-            model_dir = FetchModel(workdir=self.workdir, source=t["model"]).model_dir()
-            if t["kind"] == "dense":
-                scores = teachers.dense_pair_scores(model_dir, queries, self._doc_vectors({d for _, d in pairs}),
-                                                    pairs, t["batch_size"], t["max_seq_length"])
-            elif t["kind"] == "sparse":
-                doc_matrix, doc_rows = self.sparse_corpus().load()
-                scores = teachers.sparse_pair_scores(model_dir, queries, doc_matrix, doc_rows, pairs, t["batch_size"],
-                                                     t["max_seq_length"])
-            else:
-                corpus = LoadDataset(workdir=self.workdir, **self.corpus).load().corpus
-                scores = teachers.cross_pair_scores(model_dir, queries, corpus, pairs, t["batch_size"],
-                                                    t["max_seq_length"])
-        seconds = time.perf_counter() - started
-        np.save(folder / "scores.npy", scores)
-        (folder / "timing.json").write_text(json.dumps({"pairs": len(pairs), "seconds": round(seconds, 3),
-                                                        "pairs_per_second": len(pairs) / max(seconds, 1e-9),
-                                                        "device": teachers.pick_device()}))
-        log.info("%s: %d pairs in %.1fs", self.label(), len(pairs), seconds)
-
-    def _doc_vectors(self, needed: set[str]) -> dict[str, np.ndarray]:
-        """The teacher's cached corpus embeddings of the needed documents (read back from the FAISS index)."""
-        from stillhouse.retrievers import faiss_index
-
-        folder = self.dense_index().out_dir
-        index = faiss_index.load_index(folder / "index.faiss")
-        doc_ids = json.loads((folder / "docids.json").read_text())
-        return {d: index.reconstruct(row) for row, d in enumerate(doc_ids) if d in needed}
+        run = score_pairs(self.teacher, read_jsonl_queries(source / "queries.jsonl"), pairs,
+                          lambda: FetchModel(workdir=self.workdir, source=self.teacher["model"]).model_dir(),
+                          teacher_documents(self))
+        np.save(folder / "scores.npy", run.scores)
+        (folder / "timing.json").write_text(json.dumps(run.timing()))
+        log.info("%s: %d pairs in %.1fs", self.label(), len(pairs), run.seconds)
 
     def load(self) -> np.ndarray:
         return np.load(self.out_dir / "scores.npy")
+
+
+def teacher_documents(task: TeacherScores) -> Callable[[], Any]:
+    """What the task's teacher reads of the corpus, loaded when called (``score_pairs`` times it): the flat BM25
+    index folder, the dense teacher's FAISS index folder, the sparse teacher's document vectors, or the corpus."""
+    kind = task.teacher["kind"]
+    if kind == "bm25":
+        return lambda: BM25Index(workdir=task.workdir, dataset=task.corpus, multifield=False).out_dir / "index"
+    if kind == "dense":
+        return lambda: task.dense_index().out_dir
+    if kind == "sparse":
+        return lambda: task.sparse_corpus().load()
+    return lambda: LoadDataset(workdir=task.workdir, **task.corpus).load().corpus
 
 
 def teacher_scores(task: TrainTask, name: str, pairs: dict | None = None) -> TeacherScores:
@@ -392,30 +361,15 @@ class GuideFilter(TrainTask):
         return [self.make(MineCandidates), self.guide_scores()]
 
     def build(self, folder: Path) -> None:
-        from stillhouse.retrievers.guide import guide_keep, guide_study
+        from stillhouse.retrievers.guide import filter_mined
 
         table = read_table(self.make(MineCandidates).out_dir / "pairs.parquet")
-        scores = self.guide_scores().load().astype(np.float64)
-        query_ids, positive = table["query_id"], table["positive"].astype(bool)
-        lowest = {}
-        for q, s in zip(query_ids[positive], scores[positive], strict=True):
-            lowest[q] = min(s, lowest.get(q, np.inf))
-        positive_score = np.array([lowest[q] for q in query_ids])
-        candidate = ~positive
-        margin, strategy = self.training["guide_margin"], self.training["guide_margin_strategy"]
-        keep = (guide_keep(scores, positive_score, margin, strategy) if self.training["guide_filter"]
-                else np.ones(len(scores), dtype=bool))
-        judged = table["judged_relevant"].astype(bool)
-        kept = positive | (keep & ~judged)  # a candidate the labels call relevant is never kept as a negative
-        write_table({"query_id": query_ids, "doc_id": table["doc_id"], "positive": positive,
-                     "judged_relevant": judged, "guide_score": scores, "positive_score": positive_score,
-                     "kept": kept}, folder / "guide.parquet")
-        study = guide_study(scores[candidate], positive_score[candidate], judged[candidate],
-                            [tuple(m) for m in self.training["study"]])
-        (folder / "study.json").write_text(json.dumps(
-            [{**vars(row), "recall": row.recall, "cost": row.cost} for row in study], indent=2))
-        dropped = int((candidate & ~kept).sum())
-        log.info("guide filter: dropped %d of %d candidates", dropped, int(candidate.sum()))
+        t = self.training
+        filtered = filter_mined(table, self.guide_scores().load(), t["guide_margin"], t["guide_margin_strategy"],
+                                t["guide_filter"], [tuple(m) for m in t["study"]])
+        write_table(filtered.columns, folder / "guide.parquet")
+        (folder / "study.json").write_text(json.dumps(filtered.study_records(), indent=2))
+        log.info("guide filter: dropped %d of %d candidates", filtered.dropped, filtered.candidates)
 
     def kept_mask(self) -> np.ndarray:
         return read_table(self.out_dir / "guide.parquet")["kept"].astype(bool)
@@ -431,20 +385,12 @@ class EnsembleScores(TrainTask):
                 *(teacher_scores(self, name) for name in self.training["teachers"])]
 
     def build(self, folder: Path) -> None:
-        from stillhouse.retrievers.ensemble import aggregate, normalize_per_query
+        from stillhouse.retrievers.ensemble import ensemble_columns
 
         table = read_table(self.make(MineCandidates).out_dir / "pairs.parquet")
-        kept = self.make(GuideFilter).kept_mask()
-        query_ids = table["query_id"][kept]
-        columns: dict[str, list | np.ndarray] = {"query_id": query_ids, "doc_id": table["doc_id"][kept],
-                                                 "positive": table["positive"][kept]}
-        normalized = {}
-        for name in self.training["teachers"]:
-            raw = teacher_scores(self, name).load()[kept]
-            normalized[name] = normalize_per_query(raw, query_ids, self.training["normalization"])
-            columns[f"raw_{name}"] = raw
-            columns[f"norm_{name}"] = normalized[name]
-        columns["ensemble"] = aggregate(normalized, dict(self.training["weights"]))
+        raw = {name: teacher_scores(self, name).load() for name in self.training["teachers"]}
+        columns = ensemble_columns(table, self.make(GuideFilter).kept_mask(), raw, self.training["normalization"],
+                                   dict(self.training["weights"]))
         write_table(columns, folder / "ensemble.parquet")
 
 
@@ -486,64 +432,14 @@ class TASTriples(TrainTask):
         return [self.make(EnsembleScores), self.make(ClusterQueries), self.make(TrainingQueries)]
 
     def build(self, folder: Path) -> None:
-        from stillhouse.retrievers.tas import tas_balanced_sampler
+        from stillhouse.retrievers.tas import tas_triples
 
         table = read_table(self.make(EnsembleScores).out_dir / "ensemble.parquet")
-        clusters = self.make(ClusterQueries).load()
         queries, _, _ = self.make(TrainingQueries).load()
-        triples = build_triples(table)
-        if not triples["query_id"]:
-            raise UserError("training data: no (positive, negative) pair survived mining and the guide filter; "
-                            "raise bm25_candidates / dense_candidates or the guide margin")
-        triples["query"] = [queries[q] for q in triples["query_id"]]
-        triples["cluster"] = [clusters[q] for q in triples["query_id"]]
+        triples, balance = tas_triples(table, queries, self.make(ClusterQueries).load(), self.training["margin_bins"],
+                                       self.training["seed"], self.epochs_measured)
         write_table(triples, folder / "triples.parquet")
-        sampler = tas_balanced_sampler(triples["query_id"], clusters, triples["margin"],
-                                       self.training["margin_bins"])(list(range(len(triples["query_id"]))),
-                                                                     batch_size=32, drop_last=False,
-                                                                     seed=self.training["seed"])
-        balance = measure_balance(sampler, triples, self.epochs_measured, self.training["seed"])
         (folder / "balance.json").write_text(json.dumps(balance, indent=2))
         log.info("TAS-Balanced: KL to uniform %.3f (random sampling %.3f), %d triples",
                  balance["kl_tas"], balance["kl_random"], len(triples["query_id"]))
 
-
-def build_triples(table: dict[str, np.ndarray]) -> dict[str, list]:
-    """Every (positive, kept negative) pair of each query with its ensemble margin ``S(q,p) - S(q,n)``."""
-    out: dict[str, list] = {"query_id": [], "positive_id": [], "negative_id": [], "margin": []}
-    by_query: dict[str, tuple[list, list]] = {}
-    for q, d, pos, score in zip(table["query_id"], table["doc_id"], table["positive"], table["ensemble"],
-                                strict=True):
-        by_query.setdefault(q, ([], []))[0 if pos else 1].append((d, float(score)))
-    for q, (positives, negatives) in by_query.items():
-        for p, p_score in positives:
-            for n, n_score in negatives:
-                out["query_id"].append(q)
-                out["positive_id"].append(p)
-                out["negative_id"].append(n)
-                out["margin"].append(p_score - n_score)
-    return out
-
-
-def measure_balance(sampler, triples: dict[str, list], epochs: int, seed: int) -> dict:
-    """KL to uniform of the sampled margins' histogram, TAS-Balanced vs one random pair per query."""
-    from stillhouse.retrievers.tas import assign_bins, histogram_kl_to_uniform, random_pair_sample
-
-    margins = sampler.row_positions  # each margin scaled within its query's range: the scale the bins cut
-    tas_rows, random_rows, single_cluster = [], [], 0
-    batches = 0
-    for epoch in range(epochs):
-        sampler.set_epoch(epoch)
-        for batch in sampler:
-            tas_rows += batch
-            batches += 1
-            single_cluster += len({triples["cluster"][r] for r in batch}) == 1
-        random_rows += random_pair_sample(triples["query_id"], seed + epoch)
-    edges = sampler.edges
-    bins = len(edges) - 1
-    return {"kl_tas": histogram_kl_to_uniform(margins[tas_rows], edges),
-            "kl_random": histogram_kl_to_uniform(margins[random_rows], edges),
-            "hist_tas": np.bincount(assign_bins(margins[tas_rows], edges), minlength=bins).tolist(),
-            "hist_random": np.bincount(assign_bins(margins[random_rows], edges), minlength=bins).tolist(),
-            "edges": edges.tolist(), "batches": batches, "single_cluster_batches": single_cluster,
-            "epochs": epochs, "triples": len(margins)}
