@@ -35,8 +35,8 @@ def main() -> None:
     import torch
 
     from stillhouse.pipelines.cli import _prepare
+    from stillhouse.pipelines.dag import search_task
     from stillhouse.pipelines.search import open_searcher
-    from stillhouse.pipelines.tasks.retrieval import search_task
 
     torch.set_num_threads(1)
     args.datasets, args.retrievers, args.eval_split = None, None, None

@@ -110,8 +110,7 @@ def test_split_weights_on_a_data_set_without_that_split_is_one_error_line(tmp_pa
 
 def hybrid_task(workdir: Path, data_dir: Path, name: str, dataset: str = "scifact"):
     from stillhouse.pipelines.config import load_config
-    from stillhouse.pipelines.dag import build_report_task
-    from stillhouse.pipelines.tasks.retrieval import search_task
+    from stillhouse.pipelines.dag import build_report_task, search_task
 
     report = build_report_task(load_config(SMOKE), workdir, data_dir)
     entry = next(e for e in report.entries if e["name"] == name and e["dataset"]["dataset"] == dataset)

@@ -22,8 +22,7 @@ pytestmark = pytest.mark.slow
 def student_search(smoke_run: Path, slice_root: Path, name: str):
     """The search task of a student of configs/smoke.toml (``dense-student`` or ``sparse-student``), from the DAG."""
     from stillhouse.pipelines.config import load_config
-    from stillhouse.pipelines.dag import build_report_task
-    from stillhouse.pipelines.tasks.retrieval import search_task
+    from stillhouse.pipelines.dag import build_report_task, search_task
 
     report = build_report_task(load_config(SMOKE), smoke_run, slice_root)
     entry = next(e for e in report.entries if e["name"] == name)

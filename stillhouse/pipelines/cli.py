@@ -76,6 +76,9 @@ def _parser() -> argparse.ArgumentParser:
         if name != "export":
             cmd.add_argument("--eval-split", help="evaluate on this split instead of [data] split (generation and "
                                                   "training unchanged): select settings on train, report test")
+        if name == "status":
+            cmd.add_argument("--graph", action="store_true", help="print the DAG's task families and their edges "
+                                                                  "(from requires()) as a Mermaid flowchart")
         if name in ("run", "status"):
             cmd.add_argument("--retrievers", help="comma-separated report rows to build (and what they need), "
                                                   "e.g. bm25,fused-teachers: no generation or training report")
@@ -179,6 +182,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_ablate(args: argparse.Namespace) -> int:
     from stillhouse.pipelines.ablation import ablation_rows, default_variants
+    from stillhouse.pipelines.dag import report_task
     from stillhouse.pipelines.tasks.report import AblationReport
 
     cfg, workdir, roots = _prepare(args)
@@ -188,8 +192,8 @@ def cmd_ablate(args: argparse.Namespace) -> int:
                                   eval_split=args.eval_split)
     full = f"{args.student} student: full"
     tested = {**dict(roots[0].baselines), **({"full": full} if any(r["name"] == full for r in rows) else {})}
-    return _build(args, cfg, workdir, [AblationReport(workdir=str(workdir), entries=rows, baselines=tested,
-                                                      metrics=list(cfg.eval.metrics), skipped=skipped)])
+    return _build(args, cfg, workdir, [report_task(AblationReport, str(workdir), rows, list(cfg.eval.metrics),
+                                                   baselines=tested, skipped=skipped)])
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -208,8 +212,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_search(args: argparse.Namespace) -> int:
     """Rank documents for one query, for each line of standard input, or for a file of queries (a TREC run)."""
+    from stillhouse.pipelines.dag import search_task
     from stillhouse.pipelines.search import open_searcher, read_queries, titles
-    from stillhouse.pipelines.tasks.retrieval import search_task
     from stillhouse.retrievers.runs import write_trec_run
 
     if (args.query is None) == (args.queries is None):
@@ -338,6 +342,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     _, _, roots = _prepare(args)
+    if args.graph:
+        from stillhouse.pipelines.dag import family_graph, mermaid
+
+        print(mermaid(family_graph(roots)))
+        return 0
     table = Table(title=f"stillhouse status: {args.config}")
     for column in ("task", "fingerprint", "state"):
         table.add_column(column)

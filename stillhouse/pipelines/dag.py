@@ -57,7 +57,58 @@ def build_report_task(cfg: RunConfig, workdir: Path, data_dir: Path, eval_split:
 
     entries = [{**e, "ignore_identical_ids": ignores_identical_ids(e["dataset"]["dataset"],
                                                                    cfg.data.ignore_identical_ids)} for e in entries]
-    return Report(workdir=str(workdir), entries=entries, metrics=list(cfg.eval.metrics), baselines=baselines(cfg))
+    return report_task(Report, str(workdir), entries, list(cfg.eval.metrics), baselines=baselines(cfg))
+
+
+def report_task(cls: type[Report], workdir: str, entries: list[dict], metrics: list[str], **params) -> Report:
+    """A Report (or AblationReport) over ``entries`` ({name, dataset, retriever[, seed, ignore_identical_ids]}):
+    each entry's search task (``search_task``) scored by an Evaluate task, handed to the report in entry order."""
+    from stillhouse.pipelines.tasks.report import Evaluate
+
+    evaluations = [(e["name"], Evaluate(workdir=workdir, dataset=e["dataset"], metrics=metrics,
+                                        search=search_task(workdir, dict(e["dataset"]), dict(e["retriever"])),
+                                        ignore_identical_ids=e.get("ignore_identical_ids", False)))
+                   for e in entries]
+    return cls(workdir=workdir, entries=entries, evaluate=evaluations, metrics=metrics, **params)
+
+
+def search_task(workdir: str, dataset: dict, spec: dict) -> StageTask:
+    """The search task that answers ``dataset``'s judged queries for a retriever spec (a config
+    ``[retrievers.X]`` table with its model resolved, a student's spec with ``trained``, or a hybrid's), with
+    everything it reads handed to it: a student's training task, a hybrid's member searches and weights."""
+    from stillhouse.pipelines.tasks.hybrid import HybridSearch, HybridWeights
+    from stillhouse.pipelines.tasks.retrieval import BM25Search, DenseSearch
+    from stillhouse.pipelines.tasks.sparse import ImpactSearch, sparse_student_task
+    from stillhouse.pipelines.tasks.students import dense_student_task
+
+    kind = spec["kind"]
+    params = {k: v for k, v in spec.items() if k not in ("kind", "trained", "members")}
+    trained = dict(spec.get("trained") or {})
+    if kind == "bm25":
+        return BM25Search(workdir=workdir, dataset=dataset, **params)
+    if kind == "dense":
+        return DenseSearch(workdir=workdir, dataset=dataset, **params,
+                           model_task=dense_student_task(workdir, trained) if trained else None)
+    if kind == "splade":
+        return ImpactSearch(workdir=workdir, dataset=dataset, **params,
+                            model_task=sparse_student_task(workdir, trained) if trained else None)
+    if kind == "hybrid":
+        def members(on: dict) -> dict[str, StageTask]:
+            return {name: search_task(workdir, on, {**dict(member), "top_k": spec["top_k"]})
+                    for name, member in spec["members"].items()}
+
+        chosen = None
+        if "select" in spec["weights"]:
+            selection = spec["weights"]["select"]
+            examples = None
+            if selection["kind"] == "examples":
+                from stillhouse.pipelines.tasks.generation import SelectExamples
+
+                examples = SelectExamples(workdir=workdir, gen=selection["gen"])
+            chosen = HybridWeights(workdir=workdir, members=members(dict(selection["dataset"])), selection=selection,
+                                   examples=examples, top_k=spec["top_k"])
+        return HybridSearch(workdir=workdir, dataset=dataset, members=members(dataset), chosen=chosen, **params)
+    raise ValueError(f"unknown retriever kind {kind!r}")
 
 
 def baselines(cfg: RunConfig) -> dict[str, str]:
@@ -267,8 +318,8 @@ def only_retrievers(report: Report, names: list[str]) -> Report:
     unknown = [n for n in names if n not in known]
     if unknown:
         raise UserError(f"--retrievers: {unknown[0]!r} is not a retriever of the config ({', '.join(known)})")
-    return Report(workdir=report.workdir, entries=[e for e in report.entries if e["name"] in names],
-                  metrics=report.metrics, baselines=report.baselines)
+    return report_task(Report, report.workdir, [e for e in report.entries if e["name"] in names],
+                       list(report.metrics), baselines=report.baselines)
 
 
 def build_roots(cfg: RunConfig, workdir: Path, data_dir: Path, eval_split: str | None = None,
@@ -305,12 +356,24 @@ def walk(root: StageTask) -> list[StageTask]:
     return list(seen.values())
 
 
+def family_graph(roots: list[StageTask]) -> list[tuple[str, str]]:
+    """The DAG's edges between task families (upstream, downstream), read from ``requires()``: the shape of the
+    pipeline whatever the data sets, seeds and shard counts."""
+    edges = {(child.task_family, task.task_family) for root in roots for task in walk(root)
+             for child in flatten(task.requires())}
+    return sorted(edges)
+
+
+def mermaid(edges: list[tuple[str, str]]) -> str:
+    """A Mermaid flowchart of ``family_graph`` edges (``stillhouse status CONFIG --graph`` prints it)."""
+    return "\n".join(["flowchart LR", *(f"    {upstream} --> {downstream}" for upstream, downstream in edges)])
+
+
 def built_indexes(cfg: RunConfig, report: Report):
     """What ``stillhouse export`` reads from a finished run: the dense student's FAISS index (else the first
     dense retriever's on the students' data set), the sparse student's impact index, and the first judged query
     of that data set (for the example query bodies)."""
     from stillhouse.pipelines.export import BuiltIndexes
-    from stillhouse.pipelines.tasks.retrieval import search_task
 
     by_name: dict[str, dict] = {}
     for e in report.entries:
@@ -346,8 +409,6 @@ def built_indexes(cfg: RunConfig, report: Report):
 def students_hybrid(cfg: RunConfig, report: Report, dataset: str) -> dict | None:
     """The config's fusion of the two students (the first ``[hybrid]`` whose members are exactly the dense and the
     sparse student), with the weights its run used: ``{name, weights: {dense, sparse}, depth}``."""
-    from stillhouse.pipelines.tasks.retrieval import search_task
-
     name = next((n for n, h in cfg.hybrid.items() if sorted(h.members) == sorted(STUDENTS)), None)
     entry = next((e for e in report.entries if e["name"] == name and e["dataset"]["dataset"] == dataset), None)
     if entry is None:

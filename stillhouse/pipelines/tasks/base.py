@@ -21,6 +21,33 @@ from stillhouse.retrievers.errors import UserError
 log = logging.getLogger("stillhouse")
 
 
+class UpstreamParameter(luigi.Parameter):
+    """An upstream task handed to a task by the DAG assembly (``stillhouse.pipelines.dag``), so the task never
+    builds what feeds it. It enters Luigi's task id as that task's id, and the fingerprint only through
+    ``requires()`` (its fingerprint), never as a value. ``None`` (the default, where allowed) means "none given"."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("positional", False)
+        super().__init__(*args, **kwargs)
+
+    def serialize(self, x) -> str:
+        return "" if x is None else x.task_id
+
+    def normalize(self, x):
+        return x
+
+
+class UpstreamMapParameter(UpstreamParameter):
+    """Named upstream tasks (name -> task), kept in the given order, e.g. a hybrid's member searches."""
+
+    def serialize(self, x) -> str:
+        return json.dumps([[name, task.task_id] for name, task in (x or ())])
+
+    def normalize(self, x):
+        items = x.items() if isinstance(x, dict) else (x or ())
+        return tuple((str(name), task) for name, task in items)  # hashable, so Luigi can cache the task instance
+
+
 class StageTask(luigi.Task):
     """A task whose output is the folder ``<workdir>/<TaskName>/<fingerprint>/``.
 
@@ -39,6 +66,9 @@ class StageTask(luigi.Task):
     def fingerprint_payload(self) -> dict:
         params = self.to_str_params(only_significant=True)
         params.pop("workdir", None)
+        for name, param in self.get_params():
+            if isinstance(param, UpstreamParameter):  # enters through requires(): its fingerprint, not its id
+                params.pop(name, None)
         return params
 
     def fingerprint(self) -> str:

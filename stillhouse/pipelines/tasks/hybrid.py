@@ -8,7 +8,6 @@ members' runs of the evaluated split.
 from __future__ import annotations
 
 import json
-import logging
 import time
 from pathlib import Path
 
@@ -16,18 +15,10 @@ import luigi
 from luigi.freezing import recursively_unfreeze
 
 from stillhouse.pipelines.artifacts import write_json_atomic
-from stillhouse.pipelines.tasks.base import StageTask
+from stillhouse.pipelines.tasks.base import StageTask, UpstreamMapParameter, UpstreamParameter
 from stillhouse.pipelines.tasks.data import LoadDataset
-from stillhouse.pipelines.tasks.retrieval import DatasetTask, search_task
+from stillhouse.pipelines.tasks.retrieval import DatasetTask
 from stillhouse.retrievers.runs import read_trec_run, write_trec_run
-
-log = logging.getLogger("stillhouse")
-
-
-def member_searches(workdir: str, dataset: dict, members: dict, top_k: int) -> dict[str, StageTask]:
-    """Each member's search task on ``dataset`` at the hybrid's depth (shared with the plain retriever's task
-    when its ``top_k`` is the same)."""
-    return {name: search_task(workdir, dataset, {**dict(spec), "top_k": top_k}) for name, spec in members.items()}
 
 
 def member_runs(searches: dict[str, StageTask]) -> dict:
@@ -39,25 +30,22 @@ class HybridWeights(StageTask):
     """The simplex-grid weights that maximize NDCG@10 on the selection queries: the labeled pairs the run's
     generation already spends (``examples``), or a judged split other than the evaluation split (``split``)."""
 
-    members = luigi.DictParameter(description="member name -> retriever spec")
+    members = UpstreamMapParameter(description="member name -> its search task on the selection queries")
     selection = luigi.DictParameter(description="{kind: examples|split, dataset, step, metric[, gen]}")
+    examples = UpstreamParameter(default=None, description="SelectExamples, for kind examples: the spent pairs")
     top_k = luigi.IntParameter(default=100)
 
     def label(self) -> str:
-        return f"HybridWeights({'+'.join(self.members)} on {self.selection['kind']})"
+        return f"HybridWeights({'+'.join(name for name, _ in self.members)} on {self.selection['kind']})"
 
     def dataset_task(self) -> LoadDataset:
         return LoadDataset(workdir=self.workdir, **self.selection["dataset"])
 
     def searches(self) -> dict[str, StageTask]:
-        return member_searches(self.workdir, dict(self.selection["dataset"]), dict(self.members), self.top_k)
+        return dict(self.members)
 
     def examples_task(self) -> StageTask | None:
-        if self.selection["kind"] != "examples":
-            return None
-        from stillhouse.pipelines.tasks.generation import SelectExamples
-
-        return SelectExamples(workdir=self.workdir, gen=self.selection["gen"])
+        return self.examples
 
     def requires(self):
         examples = self.examples_task()
@@ -103,21 +91,21 @@ class HybridSearch(DatasetTask):
     """The fused run of the split's judged queries: each member's top-k, min-max normalized per query, weighted
     mean (``stillhouse.retrievers.hybrid.fuse_runs``), with the weights used in ``hybrid.json``."""
 
-    members = luigi.DictParameter(description="member name -> retriever spec")
+    retriever_kind = "hybrid"  # the config's ``kind`` of the retrievers this task searches for
+
+    members = UpstreamMapParameter(description="member name -> its search task on this split, at depth top_k")
     weights = luigi.DictParameter(description="{fixed: {member: weight}} or {select: HybridWeights.selection}")
+    chosen = UpstreamParameter(default=None, description="the HybridWeights task, for selected weights")
     top_k = luigi.IntParameter(default=100)
 
     def label(self) -> str:
-        return f"HybridSearch({self.dataset['dataset']} {'+'.join(self.members)})"
+        return f"HybridSearch({self.dataset['dataset']} {'+'.join(name for name, _ in self.members)})"
 
     def searches(self) -> dict[str, StageTask]:
-        return member_searches(self.workdir, dict(self.dataset), dict(self.members), self.top_k)
+        return dict(self.members)
 
     def weights_task(self) -> HybridWeights | None:
-        if "select" not in self.weights:
-            return None
-        return HybridWeights(workdir=self.workdir, members=self.members, selection=self.weights["select"],
-                             top_k=self.top_k)
+        return self.chosen
 
     def requires(self):
         chosen = self.weights_task()
@@ -145,5 +133,5 @@ class HybridSearch(DatasetTask):
                              for t in self.searches().values())
         (folder / "timing.json").write_text(json.dumps({"queries": len(fused), "seconds": member_seconds + fuse_seconds,
                                                         "fuse_seconds": fuse_seconds}))
-        (folder / "hybrid.json").write_text(json.dumps({"weights": weights, "members": list(self.members),
+        (folder / "hybrid.json").write_text(json.dumps({"weights": weights, "members": list(self.searches()),
                                                         "selected": self.weights_task() is not None}, indent=2))

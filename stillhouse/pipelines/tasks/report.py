@@ -9,33 +9,30 @@ import luigi
 
 from stillhouse.eval.metrics import evaluate_run
 from stillhouse.eval.report import ResultRow, write_report
-from stillhouse.pipelines.tasks.base import StageTask
-from stillhouse.pipelines.tasks.retrieval import DatasetTask, search_task
+from stillhouse.pipelines.tasks.base import StageTask, UpstreamMapParameter, UpstreamParameter
+from stillhouse.pipelines.tasks.retrieval import DatasetTask
 from stillhouse.retrievers.runs import read_trec_run
 
 
 class Evaluate(DatasetTask):
     """BEIR metrics of one retriever's run on one data set split."""
 
-    retriever = luigi.DictParameter(description="the retriever spec, model resolved to a source")
+    search = UpstreamParameter(description="the search task whose run is scored")
     metrics = luigi.ListParameter()
     ignore_identical_ids = luigi.BoolParameter(default=False, description="drop a hit whose id is the query's")
 
     def label(self) -> str:
-        return f"Evaluate({self.dataset['dataset']} {self.retriever['kind']})"
-
-    def search(self) -> StageTask:
-        return search_task(self.workdir, dict(self.dataset), dict(self.retriever))
+        return f"Evaluate({self.dataset['dataset']} {self.search.retriever_kind})"
 
     def requires(self):
-        return [self.dataset_task(), self.search()]
+        return [self.dataset_task(), self.search]
 
     def fingerprint_payload(self) -> dict:
         return {"metrics": list(self.metrics), "identical_ids": "ignored" if self.ignore_identical_ids else "kept"}
 
     def build(self, folder: Path) -> None:
         qrels = self.dataset_task().load().qrels
-        run = read_trec_run(self.search().out_dir / "run.trec")
+        run = read_trec_run(self.search.out_dir / "run.trec")
         mean, per_query = evaluate_run(qrels, run, list(self.metrics), self.ignore_identical_ids)
         (folder / "metrics.json").write_text(json.dumps({"mean": mean, "per_query": per_query,
                                                          "queries": len(qrels),
@@ -46,15 +43,14 @@ class Report(StageTask):
     """``results.json``, ``results.md`` and bar charts over every (data set, retriever) pair."""
 
     publish_as = ("report", "results.md")
-    entries = luigi.ListParameter(description="[{name, dataset, retriever}] in report order")
+    entries = luigi.ListParameter(description="[{name, dataset, retriever[, seed]}] in report order")
+    evaluate = UpstreamMapParameter(description="each entry's Evaluate task, named as its entry, in entry order")
     metrics = luigi.ListParameter()
     baselines = luigi.DictParameter(default={}, description="label -> retriever name each row is tested against "
                                                              "(paired t-test on the first metric)")
 
     def evaluations(self) -> list[tuple[str, Evaluate]]:
-        return [(e["name"], Evaluate(workdir=self.workdir, dataset=e["dataset"], retriever=e["retriever"],
-                                     metrics=self.metrics, ignore_identical_ids=e.get("ignore_identical_ids", False)))
-                for e in self.entries]
+        return list(self.evaluate)
 
     def requires(self):
         return [task for _, task in self.evaluations()]

@@ -1,6 +1,7 @@
 """Retrieval tasks: a Lucene BM25 index and search; sharded dense encoding, a FAISS index and search.
 
-The sparse (impact index) tasks are in ``stillhouse.pipelines.tasks.sparse``."""
+The sparse (impact index) tasks are in ``stillhouse.pipelines.tasks.sparse``; which search task serves a retriever
+spec is decided by the DAG assembly (``stillhouse.pipelines.dag.search_task``)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 import luigi
 import numpy as np
 
-from stillhouse.pipelines.tasks.base import StageTask
+from stillhouse.pipelines.tasks.base import StageTask, UpstreamParameter
 from stillhouse.pipelines.tasks.data import FetchModel, LoadDataset, corpus_only_fingerprint
 from stillhouse.retrievers import faiss_index
 from stillhouse.retrievers.bm25 import bm25_search, build_bm25_index
@@ -67,6 +68,8 @@ class BM25Index(CorpusTask):
 class BM25Search(DatasetTask):
     """BM25 top-k for the split's judged queries, as a TREC run."""
 
+    retriever_kind = "bm25"  # the config's ``kind`` of the retrievers this task searches for
+
     multifield = luigi.BoolParameter(default=True)
     k1 = luigi.FloatParameter(default=0.9)
     b = luigi.FloatParameter(default=0.4)
@@ -91,28 +94,19 @@ class BM25Search(DatasetTask):
 class DenseTask(CorpusTask):
     """Parameters shared by the dense-branch tasks."""
 
-    model = luigi.Parameter(description="model source string (a name only, when ``trained`` is given)")
-    trained = luigi.DictParameter(default={}, description="a trained student instead of a fetched model: "
-                                                          "the TrainDense parameters {training, student}")
+    model = luigi.Parameter(description="model source string (a name only, when ``model_task`` is given)")
+    model_task = UpstreamParameter(default=None, description="what provides the model folder when it is not "
+                                                             "FetchModel(model): a trained student (TrainDense)")
     shards = luigi.IntParameter(default=4)
     batch_size = luigi.IntParameter(default=64)
     max_seq_length = luigi.IntParameter(default=0)
 
     def fetch_task(self) -> StageTask:
-        """What provides the model folder (``model_dir()``): FetchModel, or the student's training task."""
-        if self.trained:
-            from stillhouse.pipelines.tasks.students import dense_student_task
-
-            return dense_student_task(self.workdir, dict(self.trained))
-        return FetchModel(workdir=self.workdir, source=self.model)
-
-    def fingerprint_payload(self) -> dict:
-        own = super().fingerprint_payload()
-        own.pop("trained", None)  # the student enters through its training task's fingerprint upstream
-        return own
+        """What provides the model folder (``model_dir()``): the given ``model_task``, else FetchModel."""
+        return self.model_task or FetchModel(workdir=self.workdir, source=self.model)
 
     def encoder_kwargs(self) -> dict:
-        return {"dataset": self.dataset, "model": self.model, "trained": self.trained, "shards": self.shards,
+        return {"dataset": self.dataset, "model": self.model, "model_task": self.model_task, "shards": self.shards,
                 "batch_size": self.batch_size, "max_seq_length": self.max_seq_length}
 
 
@@ -170,6 +164,8 @@ class DenseIndex(DenseTask):
 class DenseSearch(DenseTask):
     """Encode the judged queries and take the top-k from the FAISS index, as a TREC run."""
 
+    retriever_kind = "dense"  # the config's ``kind`` of the retrievers this task searches for
+
     top_k = luigi.IntParameter(default=100)
 
     def index_task(self) -> DenseIndex:
@@ -194,21 +190,3 @@ class DenseSearch(DenseTask):
         seconds = time.perf_counter() - started
         write_trec_run(run, folder / "run.trec", "dense")
         (folder / "timing.json").write_text(json.dumps({"queries": len(queries), "seconds": seconds}))
-
-
-def search_task(workdir: str, dataset: dict, spec: dict) -> StageTask:
-    """The search task for a retriever spec (a config ``[retrievers.X]`` table, model resolved)."""
-    params = {k: v for k, v in spec.items() if k != "kind"}
-    if spec["kind"] == "bm25":
-        return BM25Search(workdir=workdir, dataset=dataset, **params)
-    if spec["kind"] == "dense":
-        return DenseSearch(workdir=workdir, dataset=dataset, **params)
-    if spec["kind"] == "splade":
-        from stillhouse.pipelines.tasks.sparse import ImpactSearch
-
-        return ImpactSearch(workdir=workdir, dataset=dataset, **params)
-    if spec["kind"] == "hybrid":
-        from stillhouse.pipelines.tasks.hybrid import HybridSearch
-
-        return HybridSearch(workdir=workdir, dataset=dataset, **params)
-    raise ValueError(f"unknown retriever kind {spec['kind']!r}")

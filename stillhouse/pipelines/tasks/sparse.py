@@ -16,7 +16,7 @@ from pathlib import Path
 
 import luigi
 
-from stillhouse.pipelines.tasks.base import StageTask
+from stillhouse.pipelines.tasks.base import StageTask, UpstreamParameter
 from stillhouse.pipelines.tasks.data import FetchModel
 from stillhouse.pipelines.tasks.retrieval import CorpusTask
 from stillhouse.pipelines.tasks.students import StudentTask
@@ -64,7 +64,7 @@ class TrainSparse(StudentTask):
 
 
 def sparse_student_task(workdir: str, trained: dict) -> TrainSparse:
-    """The TrainSparse task a sparse retrieval task's ``trained`` parameter names."""
+    """The TrainSparse task a sparse student's retriever spec names (``trained``: {training, student})."""
     return TrainSparse(workdir=workdir, training=narrow(dict(trained["training"]), SPARSE_KEYS),
                        student=trained["student"])
 
@@ -72,31 +72,30 @@ def sparse_student_task(workdir: str, trained: dict) -> TrainSparse:
 class SparseTask(CorpusTask):
     """Parameters shared by the impact-index tasks."""
 
-    model = luigi.Parameter(description="model source string (a name only, when ``trained`` is given)")
-    trained = luigi.DictParameter(default={}, description="the TrainSparse parameters {training, student}")
+    model = luigi.Parameter(description="model source string (a name only, when ``model_task`` is given)")
+    model_task = UpstreamParameter(default=None, description="what provides the model folder when it is not "
+                                                             "FetchModel(model): a trained student (TrainSparse)")
     batch_size = luigi.IntParameter(default=32)
     max_seq_length = luigi.IntParameter(default=256)
 
     def fetch_task(self) -> StageTask:
-        if self.trained:
-            return sparse_student_task(self.workdir, dict(self.trained))
-        return FetchModel(workdir=self.workdir, source=self.model)
+        """What provides the model folder (``model_dir()``): the given ``model_task``, else FetchModel."""
+        return self.model_task or FetchModel(workdir=self.workdir, source=self.model)
 
     def fingerprint_payload(self) -> dict:
         own = super().fingerprint_payload()
-        own.pop("trained", None)  # the student enters through its training task's fingerprint
-        own.pop("model", None)  # and a fetched model through FetchModel's
+        own.pop("model", None)  # a fetched model enters through FetchModel's fingerprint, a student through its own
         return own
 
     def load_model(self):
         """The sparse model (a student's routes, or a siamese SPLADE checkpoint) on the best device."""
         from stillhouse.retrievers.impact_index import load_sparse_model
 
-        return load_sparse_model(self.fetch_task().model_dir(), inference_free=bool(self.trained),
+        return load_sparse_model(self.fetch_task().model_dir(), inference_free=isinstance(self.model_task, TrainSparse),
                                  max_seq_length=self.max_seq_length)
 
     def sparse_kwargs(self) -> dict:
-        return {"dataset": self.dataset, "model": self.model, "trained": self.trained,
+        return {"dataset": self.dataset, "model": self.model, "model_task": self.model_task,
                 "batch_size": self.batch_size, "max_seq_length": self.max_seq_length}
 
 
@@ -117,6 +116,8 @@ class ImpactIndex(SparseTask):
 class ImpactSearch(SparseTask):
     """Top-k of the split's judged queries from the impact index, as a TREC run, with ``stats.json`` (mean
     non-zero query terms, search seconds)."""
+
+    retriever_kind = "splade"  # the config's ``kind`` of the retrievers this task searches for
 
     top_k = luigi.IntParameter(default=100)
 

@@ -91,6 +91,6 @@ class TrainDense(StudentTask):
 
 
 def dense_student_task(workdir: str, trained: dict) -> TrainDense:
-    """The TrainDense task a dense retrieval task's ``trained`` parameter names."""
+    """The TrainDense task a dense student's retriever spec names (``trained``: {training, student})."""
     return TrainDense(workdir=workdir, training=narrow(dict(trained["training"]), STUDENT_KEYS),
                       student=trained["student"])
