@@ -25,9 +25,8 @@ import scipy.sparse as sp
 from benchmarks.student_grid import add_grid_arguments, load_grid_inputs, timed
 from stillhouse.retrievers.dense import document_text
 from stillhouse.retrievers.distill_dense import student_triples
-from stillhouse.retrievers.impact_index import IMPACT_SCALE, corpus_idf
+from stillhouse.retrievers.impact_index import IMPACT_SCALE, corpus_idf, encode_batched
 from stillhouse.retrievers.sparse_student import (
-    encode_batched,
     load_inference_free_encoder,
     masked_lm_folder,
     sparse_student_settings,

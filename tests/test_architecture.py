@@ -103,3 +103,16 @@ def test_the_architecture_doc_shows_the_main_jobs_dag_as_the_code_builds_it(beir
     doc = (root / "docs" / "architecture.md").read_text(encoding="utf-8")
     drawn = doc.split("```mermaid\n", 1)[1].split("\n```", 1)[0]
     assert drawn == mermaid(family_graph(roots)), "regenerate with `stillhouse status configs/scifact.toml --graph`"
+
+
+def test_every_task_build_is_wiring_of_at_most_fifteen_lines() -> None:
+    """A task reads its inputs, calls one library function and writes its outputs: the method lives in the library."""
+    lengths = {}
+    for path in sorted((PACKAGE / "pipelines" / "tasks").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ClassDef):
+                for method in node.body:
+                    if isinstance(method, ast.FunctionDef) and method.name == "build":
+                        lengths[f"{path.stem}.{node.name}"] = method.end_lineno - method.lineno + 1
+    assert len(lengths) > 30  # every task of the DAG was seen
+    assert {task: n for task, n in lengths.items() if n > 15} == {}

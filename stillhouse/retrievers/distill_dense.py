@@ -195,6 +195,8 @@ def train_dense_student(base_dir: Path, guide_dir: Path | None, triples: dict[st
 
     if not triples["query_id"]:
         raise UserError("dense student: no training triples; see the training-data report")
+    log.info("dense student: %d triples of %d queries (%s batches)", len(triples["query_id"]),
+             len(set(triples["query_id"])), settings.sampler)
     torch.manual_seed(settings.seed)
     model = load_sentence_encoder(base_dir, half=False)  # fp32 weights, bf16 autocast on GPU
     # Train on truncated texts (the cost is in the sequence length) but save the base model's own window, which
@@ -242,7 +244,8 @@ def train_dense_student(base_dir: Path, guide_dir: Path | None, triples: dict[st
              "train_loss": float(result.training_loss), "seconds": seconds,
              "pairs_per_second": pairs / max(seconds, 1e-9), "device": str(model.device),
              "precision": "bf16" if args.bf16 else "fp32", "losses": {k: w for k, (_, w) in losses.items()},
-             "loss_log": [e for e in trainer.state.log_history if "loss" in e]}
+             "loss_log": [e for e in trainer.state.log_history if "loss" in e],
+             "margins": {"mean": float(np.mean(triples["margin"])), "std": float(np.std(triples["margin"]))}}
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
     log.info("dense student: %d steps in %.0fs (%.1f triples/s, loss %.4f)", stats["steps"], seconds,
              stats["pairs_per_second"], stats["train_loss"])

@@ -103,16 +103,15 @@ def impact_search(index_dir: Path, query_vectors: dict[str, dict[str, float]], k
     return {q: {h.docid: float(h.score) / (scale * scale) for h in hits.get(q, [])} for q in ids}
 
 
-def load_sparse_model(model_dir: Path, inference_free: bool, max_seq_length: int = 0):
-    """A sparse model on the best device: an inference-free student's two routes (its query side a static table),
-    or a siamese SPLADE checkpoint (its query side the model) with its document window."""
-    if inference_free:
-        from stillhouse.retrievers.sparse_student import load_inference_free_encoder
+def encode_batched(model, texts: list[str], batch_size: int, route: str = "document") -> Iterator:
+    """CSR matrices of ``texts`` through the model's query or document route, ``batch_size`` texts at a time
+    (only one batch in memory)."""
+    from stillhouse.retrievers.teachers import to_csr
 
-        return load_inference_free_encoder(model_dir)
-    from stillhouse.retrievers.teachers import load_sparse_encoder
-
-    return load_sparse_encoder(model_dir, max_seq_length)
+    encode = model.encode_document if route == "document" else model.encode_query
+    for start in range(0, len(texts), batch_size):
+        yield to_csr(encode(texts[start:start + batch_size], batch_size=batch_size, convert_to_sparse_tensor=True,
+                            show_progress_bar=False))
 
 
 def vocabulary(model) -> list[str]:
@@ -123,8 +122,6 @@ def vocabulary(model) -> list[str]:
 def sparse_vectors(model, texts: list[str], batch_size: int, route: str = "document") -> Iterator[list[dict]]:
     """Token -> weight maps of ``texts`` through the model's ``document`` or ``query`` route, one list per batch of
     ``batch_size`` texts (only one batch in memory)."""
-    from stillhouse.retrievers.sparse_student import encode_batched
-
     vocab = vocabulary(model)
     for matrix in encode_batched(model, texts, batch_size, route=route):
         yield csr_row_vectors(matrix, vocab)
@@ -139,6 +136,8 @@ def index_corpus(model, corpus: dict[str, dict[str, str]], folder: Path, batch_s
     encode_seconds, index_seconds, device}``.
 
     Example::
+
+        from stillhouse.retrievers.sparse_student import load_sparse_model
 
         model = load_sparse_model(Path("work/TrainSparse/<fp>/model"), inference_free=True)
         stats = index_corpus(model, corpus, Path("out"))

@@ -39,7 +39,6 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -442,13 +441,11 @@ def train_student(base_dir: Path, corpus: dict[str, dict[str, str]], triples_tab
     return {**stats, "mlm_warmup": warmup}
 
 
-def encode_batched(model, texts: list[str], batch_size: int, route: str = "document") -> Iterator:
-    """CSR matrices of ``texts`` through the model's query or document route, ``batch_size`` texts at a time
-    (only one batch in memory)."""
-    from stillhouse.retrievers.teachers import to_csr
+def load_sparse_model(model_dir: Path, inference_free: bool, max_seq_length: int = 0):
+    """A sparse model on the best device: an inference-free student's two routes (its query side a static table),
+    or a siamese SPLADE checkpoint (its query side the model) with its document window."""
+    if inference_free:
+        return load_inference_free_encoder(model_dir)
+    from stillhouse.retrievers.teachers import load_sparse_encoder
 
-    encode = model.encode_document if route == "document" else model.encode_query
-    for start in range(0, len(texts), batch_size):
-        yield to_csr(encode(texts[start:start + batch_size], batch_size=batch_size, convert_to_sparse_tensor=True,
-                            show_progress_bar=False))
-
+    return load_sparse_encoder(model_dir, max_seq_length)

@@ -89,7 +89,7 @@ class SparseTask(CorpusTask):
 
     def load_model(self):
         """The sparse model (a student's routes, or a siamese SPLADE checkpoint) on the best device."""
-        from stillhouse.retrievers.impact_index import load_sparse_model
+        from stillhouse.retrievers.sparse_student import load_sparse_model
 
         return load_sparse_model(self.fetch_task().model_dir(), inference_free=isinstance(self.model_task, TrainSparse),
                                  max_seq_length=self.max_seq_length)

@@ -12,7 +12,6 @@ import logging
 from pathlib import Path
 
 import luigi
-import numpy as np
 
 from stillhouse.pipelines.tasks.base import StageTask
 from stillhouse.pipelines.tasks.data import FetchModel, corpus_only_fingerprint
@@ -82,11 +81,8 @@ class TrainDense(StudentTask):
         settings = student_settings(s, self.training["guide_margin"], self.training["margin_bins"],
                                     self.training["guide_margin_strategy"])
         guide = self.guide_task()
-        log.info("dense student: %d triples of %d queries (%s batches)", len(triples["query_id"]),
-                 len(set(triples["query_id"])), s["sampler"])
         stats = train_dense_student(self.base_task().model_dir(), guide.model_dir() if guide else None, triples,
                                     folder / "model", self.checkpoint_dir(), settings)
-        stats["margins"] = {"mean": float(np.mean(triples["margin"])), "std": float(np.std(triples["margin"]))}
         (folder / "training.json").write_text(json.dumps(stats, indent=2))
 
 
