@@ -119,10 +119,12 @@ def vocabulary(model) -> list[str]:
     return model.tokenizer.convert_ids_to_tokens(list(range(len(model.tokenizer))))
 
 
-def sparse_vectors(model, texts: list[str], batch_size: int, route: str = "document") -> Iterator[list[dict]]:
+def sparse_vectors(model, texts: list[str], batch_size: int, route: str = "document",
+                   vocab: list[str] | None = None) -> Iterator[list[dict]]:
     """Token -> weight maps of ``texts`` through the model's ``document`` or ``query`` route, one list per batch of
-    ``batch_size`` texts (only one batch in memory)."""
-    vocab = vocabulary(model)
+    ``batch_size`` texts (only one batch in memory). ``vocab``: the model's ``vocabulary``, when the caller holds it
+    (a searcher answering query after query builds it once)."""
+    vocab = vocab or vocabulary(model)
     for matrix in encode_batched(model, texts, batch_size, route=route):
         yield csr_row_vectors(matrix, vocab)
 
@@ -191,6 +193,7 @@ class ImpactSearcher:
         from pyserini.search.lucene import LuceneImpactSearcher
 
         self.model, self.scale = model, scale
+        self.vocab = vocabulary(model)  # once: every search's query vectors name their terms with it
         self.lookup = _Lookup({})
         self.searcher = LuceneImpactSearcher(str(index_dir), self.lookup)
 
@@ -199,7 +202,8 @@ class ImpactSearcher:
         query_encode_seconds, search_seconds}``."""
         started = time.perf_counter()
         query_ids = list(queries)
-        vectors = [v for batch in sparse_vectors(self.model, [queries[q] for q in query_ids], 256, route="query")
+        vectors = [v for batch in sparse_vectors(self.model, [queries[q] for q in query_ids], 256, "query",
+                                                   self.vocab)
                    for v in batch]
         encoded = time.perf_counter()
         self.lookup.vectors = {q: quantize(v, self.scale) for q, v in zip(query_ids, vectors, strict=True)}
