@@ -88,8 +88,8 @@ def test_prompt_examples_are_capped_at_eight(tmp_path: Path) -> None:
 
 
 def test_settings_a_task_does_not_read_leave_its_fingerprint_alone(tmp_path: Path) -> None:
-    """Round-trip fine-tuning settings enter FilterQueries' identity only when the round trip is "trained", and
-    decoding settings added later are left out at their neutral value (cached outputs keep their folders)."""
+    """Round-trip fine-tuning settings enter FilterQueries' identity only when the round trip is "trained"; a
+    decoding setting given at its default is the same task as one left out."""
     from stillhouse.pipelines.dag import generation_entries
     from stillhouse.pipelines.tasks.generation import FilterQueries, GenerateShard, RoundTripRetriever, spec
 
@@ -222,3 +222,83 @@ def test_seeds_train_one_cached_student_each_and_one_seed_is_the_plain_student(t
     assert [e.get("seed") for e in entries if e["name"] == "fused-students"] == [13, 7, 42]
     with pytest.raises(UserError, match="dense_student: give seed or seeds, not both"):
         load_config(_config(tmp_path, shipped.replace("[dense_student]\n", "[dense_student]\nseed = 1\nseeds = [2]\n")))
+
+
+# Keys of a config section that its library settings class does not take: each is read by another task or turned
+# into an input (a model source, the triples, the query weights) before training or decoding.
+READ_ELSEWHERE = {
+    "generation": {"generators", "prompts", "dataset", "examples_dataset", "examples_split", "prompt_examples",
+                   "tune_pairs", "filter_eval_pairs", "filter_groups", "instruction", "max_doc_tokens",
+                   "max_example_doc_tokens", "targets", "max_target_docs", "shards", "roundtrip", "roundtrip_epochs",
+                   "roundtrip_batch_size", "roundtrip_k", "dense_model", "nll_pairs", "seed"},
+    "dense_student": {"base_model", "guide", "negatives_per_query", "margin_scale", "teacher_weights",
+                      "encode_batch_size", "shards", "seeds"},
+    "sparse_student": {"base_model", "mlm_head", "mlm_warmup_steps", "mlm_warmup_learning_rate", "idf",
+                       "teacher_weights", "negatives_per_query", "encode_batch_size", "seeds"},
+}
+
+
+def test_sections_and_library_settings_share_one_default_and_drop_no_key() -> None:
+    """A config section built from its defaults gives the library settings class's defaults, and every key of the
+    section is either a field of that class (under its config name) or listed as read by another task."""
+    from dataclasses import fields
+
+    from stillhouse.pipelines.config import (
+        DECODE_NAMES,
+        SOFT_PROMPT_NAMES,
+        DenseStudentConfig,
+        GenerationConfig,
+        SparseStudentConfig,
+        TrainingConfig,
+        decode_settings,
+        soft_prompt_settings,
+    )
+    from stillhouse.retrievers.distill_dense import student_settings
+    from stillhouse.retrievers.sparse_student import sparse_student_settings
+    from stillhouse.settings import DecodeSettings, DenseStudentSettings, SoftPromptSettings, SparseStudentSettings
+
+    gen = GenerationConfig(generators=["lm"]).model_dump()
+    assert decode_settings(gen) == DecodeSettings()
+    assert soft_prompt_settings(gen) == SoftPromptSettings()
+    training = {name: field.default for name, field in TrainingConfig.model_fields.items()}
+    dense = DenseStudentConfig().model_dump()
+    assert student_settings(dense, training["guide_margin"], training["margin_bins"],
+                            training["guide_margin_strategy"]) == DenseStudentSettings()
+    sparse = SparseStudentConfig().model_dump()
+    assert sparse_student_settings(sparse, training["margin_bins"]) == SparseStudentSettings()
+
+    taken = {"generation": {*(DECODE_NAMES.get(f.name, f.name) for f in fields(DecodeSettings)),
+                            *(SOFT_PROMPT_NAMES.get(f.name, f.name) for f in fields(SoftPromptSettings))},
+             "dense_student": {f.name for f in fields(DenseStudentSettings)},
+             "sparse_student": {f.name for f in fields(SparseStudentSettings)}}
+    for section, values in (("generation", gen), ("dense_student", dense), ("sparse_student", sparse)):
+        dropped = set(values) - taken[section] - READ_ELSEWHERE[section]
+        assert not dropped, f"[{section}] keys no task reads: {sorted(dropped)}"
+
+
+def test_settings_that_do_not_change_an_output_stay_out_of_fingerprints(tmp_path: Path) -> None:
+    """Checkpoint cadence, a KL temperature under margin-MSE and sampling settings under greedy decoding reach
+    their tasks but not their fingerprints; the same keys count where they are read."""
+    from stillhouse.pipelines.config import fingerprinted
+    from stillhouse.pipelines.dag import generation_entries
+    from stillhouse.pipelines.tasks.generation import GenerateShard, spec
+
+    def shard_fingerprint(extra: str) -> str:
+        cfg = load_config(_config(tmp_path, BASE + GENERATION + extra))
+        gen = generation_entries(cfg, tmp_path)[0]
+        return GenerateShard(workdir=str(tmp_path), gen=spec(GenerateShard, gen), shard=0).fingerprint()
+
+    greedy = shard_fingerprint("")
+    assert shard_fingerprint("temperature = 1.3\ntop_p = 0.5\n") == greedy
+    assert shard_fingerprint("max_new_tokens = 24\n") != greedy
+    assert shard_fingerprint("do_sample = true\n") != shard_fingerprint("do_sample = true\ntemperature = 1.3\n")
+
+    sparse = {"loss": "margin-mse", "temperature": 2.0, "checkpoint_steps": 10, "mlm_warmup_steps": 0,
+              "mlm_warmup_learning_rate": 1e-4, "flops_weight": 3e-3}
+    assert fingerprinted("sparse_student", sparse) == {"loss": "margin-mse", "mlm_warmup_steps": 0,
+                                                       "flops_weight": 3e-3}
+    assert "temperature" in fingerprinted("sparse_student", {**sparse, "loss": "kl"})
+    dense = {"in_batch_loss": "mnrl", "in_batch_weight": 1.0, "guide": "mpnet", "temperature": 0.05,
+             "checkpoint_steps": 10}
+    assert fingerprinted("dense_student", dense) == {"in_batch_loss": "mnrl", "in_batch_weight": 1.0,
+                                                     "temperature": 0.05}

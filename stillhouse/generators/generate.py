@@ -10,36 +10,13 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 from tqdm import tqdm
 
+from stillhouse.settings import DecodeSettings
+
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class DecodeSettings:
-    """How to decode: ``num_queries`` per prompt, greedy when ``do_sample`` is false."""
-
-    num_queries: int = 1
-    max_new_tokens: int = 32
-    do_sample: bool = False
-    temperature: float = 0.7
-    top_p: float = 0.95
-    repetition_penalty: float = 1.0
-    batch_size: int = 16
-    no_repeat_ngram_size: int = 0  # n-grams may not repeat within the generated query (0 = off)
-    share_prefix: bool = True  # encode the prompts' common prefix once (off only to measure what it saves)
-    max_copy_tokens: int = 0  # forbid copying more than this many consecutive tokens of the prompt's own part
-
-    @classmethod
-    def from_config(cls, gen: Mapping) -> DecodeSettings:
-        """The settings a ``[generation]`` config table names (``queries_per_doc`` is ``num_queries``); the keys
-        added later, ``no_repeat_ngram_size`` and ``max_copy_tokens``, default to off when absent."""
-        return cls(gen["queries_per_doc"], gen["max_new_tokens"], gen["do_sample"], gen["temperature"], gen["top_p"],
-                   gen["repetition_penalty"], gen["batch_size"], gen.get("no_repeat_ngram_size", 0),
-                   max_copy_tokens=gen.get("max_copy_tokens", 0))
 
 
 @dataclass

@@ -14,26 +14,15 @@ from __future__ import annotations
 import json
 import logging
 import random
-from dataclasses import dataclass
 from pathlib import Path
 
 from stillhouse.generators.nll import encode_pair
 from stillhouse.generators.prompts import Example, PromptBuilder
 from stillhouse.retrievers.errors import UserError
+from stillhouse.settings import SoftPromptSettings
 
 log = logging.getLogger(__name__)
 ADAPTER_META = "stillhouse.json"
-
-
-@dataclass(frozen=True)
-class SoftPromptSettings:
-    virtual_tokens: int = 20
-    epochs: int = 3
-    learning_rate: float = 3e-2
-    batch_size: int = 4
-    examples_per_prompt: int = 2
-    seed: int = 13
-    max_length: int = 768
 
 
 def lm_identity(model) -> dict:

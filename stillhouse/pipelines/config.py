@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -25,6 +26,17 @@ from stillhouse.eval.metrics import DEFAULT_METRICS, MEASURE_NAMES
 from stillhouse.retrievers.errors import UserError
 from stillhouse.retrievers.hybrid import MIN_SELECTION_QUERIES
 from stillhouse.retrievers.model_sources import ModelSource
+from stillhouse.settings import (
+    DecodeSettings,
+    DenseStudentSettings,
+    SoftPromptSettings,
+    SparseStudentSettings,
+    from_section,
+)
+
+# The library's settings defaults: the sections below take theirs from these (one default per setting).
+_decode, _soft = DecodeSettings(), SoftPromptSettings()
+_dense, _sparse = DenseStudentSettings(), SparseStudentSettings()
 
 
 class _Strict(BaseModel):
@@ -95,30 +107,32 @@ class GenerationConfig(_Strict):
                           "the target data set); another data set's examples adapt a corpus with no labels at all")
     examples_split: str = "train"
     prompt_examples: int = Field(8, ge=1, le=8, description="Promptagator examples (at most 8)")
-    sptar_examples: int = Field(2, ge=0, le=8, description="example pairs in SPTAR prompts")
+    sptar_examples: int = Field(_soft.examples_per_prompt, ge=0, le=8, description="example pairs in SPTAR prompts")
     tune_pairs: int = Field(50, ge=1)
     filter_eval_pairs: int = Field(16, ge=1)
     filter_groups: int = Field(8, ge=1)
-    virtual_tokens: int = Field(20, ge=1)
-    tune_epochs: int = Field(5, ge=1)
-    learning_rate: float = Field(0.1, gt=0)
-    tune_batch_size: int = Field(4, ge=1)
+    virtual_tokens: int = Field(_soft.virtual_tokens, ge=1)
+    tune_epochs: int = Field(_soft.epochs, ge=1)
+    learning_rate: float = Field(_soft.learning_rate, gt=0)
+    tune_batch_size: int = Field(_soft.batch_size, ge=1)
     instruction: str = "Write a search query that the document answers."
     max_doc_tokens: int = Field(256, ge=16)
     max_example_doc_tokens: int = Field(96, ge=16)
     targets: Literal["corpus", "held-out"] = "corpus"
     max_target_docs: int = Field(0, ge=0, description="0 = every target document")
-    queries_per_doc: int = Field(1, ge=1)
-    max_new_tokens: int = Field(32, ge=4)
-    do_sample: bool = False
-    temperature: float = Field(0.7, gt=0)
-    top_p: float = Field(0.95, gt=0, le=1)
-    repetition_penalty: float = Field(1.0, gt=0)
-    no_repeat_ngram_size: int = Field(0, ge=0, description="block repeated n-grams within the generated query "
-                                                           "only (0 = off)")
-    max_copy_tokens: int = Field(0, ge=0, description="forbid copying more than this many consecutive tokens of "
-                                                      "the target document while decoding (0 = off)")
-    batch_size: int = Field(16, ge=1)
+    queries_per_doc: int = Field(_decode.num_queries, ge=1)
+    max_new_tokens: int = Field(_decode.max_new_tokens, ge=4)
+    do_sample: bool = _decode.do_sample
+    temperature: float = Field(_decode.temperature, gt=0)
+    top_p: float = Field(_decode.top_p, gt=0, le=1)
+    repetition_penalty: float = Field(_decode.repetition_penalty, gt=0)
+    no_repeat_ngram_size: int = Field(
+        _decode.no_repeat_ngram_size, ge=0, description="block repeated n-grams within the generated query only "
+                                                        "(0 = off)")
+    max_copy_tokens: int = Field(
+        _decode.max_copy_tokens, ge=0, description="forbid copying more than this many consecutive tokens of the "
+                                                   "target document while decoding (0 = off)")
+    batch_size: int = Field(_decode.batch_size, ge=1)
     shards: int = Field(4, ge=1)
     roundtrip: Literal["bm25", "dense", "trained"] = Field(
         "bm25", description="round-trip retriever: BM25, the base dense model, or the base dense model fine-tuned "
@@ -198,15 +212,15 @@ class TrainingConfig(_Strict):
     dense_candidates: int = Field(30, ge=0)
     guide: str = Field(description="name of a dense teacher in [training.teachers] that guides the filter")
     guide_filter: bool = Field(True, description="false: keep every mined candidate (the ablation)")
-    guide_margin: float = Field(0.0, ge=0)
-    guide_margin_strategy: Literal["absolute", "relative"] = "absolute"
+    guide_margin: float = Field(_dense.guide_margin, ge=0)
+    guide_margin_strategy: Literal["absolute", "relative"] = _dense.guide_margin_strategy
     study_margins_absolute: list[float] = Field(default_factory=lambda: [0.0, 0.02, 0.05, 0.1, 0.2])
     study_margins_relative: list[float] = Field(default_factory=lambda: [0.0, 0.05, 0.1, 0.2])
     teachers: dict[str, TeacherConfig] = Field(min_length=1)
     weights: dict[str, float] = Field(default_factory=dict, description="teacher name -> weight (default 1 each)")
     normalization: Literal["minmax", "zscore"] = "minmax"
     clusters: int = Field(32, ge=1)
-    margin_bins: int = Field(10, ge=2)
+    margin_bins: int = Field(_dense.margin_bins, ge=2)
     rerank_splits: list[str] = Field(default_factory=lambda: ["train", "test"],
                                      description="splits whose BM25 top-k each teacher and the ensemble rerank")
     rerank_depth: int = Field(100, ge=1)
@@ -242,13 +256,14 @@ class DenseStudentConfig(_Strict):
 
     base_model: str = Field("base", description="model role or source the student starts from")
     guide: str | None = Field(None, description="in-batch guide model (default: the [training] guide teacher's)")
-    epochs: int = Field(1, ge=1)
-    batch_size: int = Field(32, ge=2)
-    learning_rate: float = Field(2e-5, gt=0)
-    warmup_ratio: float = Field(0.1, ge=0, lt=1)
-    max_seq_length: int = Field(256, ge=16, description="training truncation (student and guide); the saved "
-                                                        "student keeps the base model's window")
-    sampler: Literal["tas-balanced", "random"] = "tas-balanced"
+    epochs: int = Field(_dense.epochs, ge=1)
+    batch_size: int = Field(_dense.batch_size, ge=2)
+    learning_rate: float = Field(_dense.learning_rate, gt=0)
+    warmup_ratio: float = Field(_dense.warmup_ratio, ge=0, lt=1)
+    max_seq_length: int = Field(
+        _dense.max_seq_length, ge=16, description="training truncation (student and guide); the saved student "
+                                                  "keeps the base model's window")
+    sampler: Literal["tas-balanced", "random"] = _dense.sampler
     negatives_per_query: int = Field(16, ge=0, description="triples kept per query, spread over its margins "
                                                            "(0 = all)")
     margin_scale: float = Field(1.0, gt=0, description="teacher margins are the ensemble's weighted mean "
@@ -256,15 +271,16 @@ class DenseStudentConfig(_Strict):
     teacher_weights: dict[str, float] = Field(
         default_factory=dict, description="this student's ensemble: a weight for every teacher of "
                                           "[training.teachers] (default: [training] weights)")
-    margin_mse_weight: float = Field(1.0, ge=0)
+    margin_mse_weight: float = Field(_dense.margin_mse_weight, ge=0)
     in_batch_loss: Literal["gist", "mnrl"] = Field(
-        "gist", description="gist: GISTEmbed (guide-masked in-batch negatives); mnrl: plain in-batch InfoNCE")
-    in_batch_weight: float = Field(1.0, ge=0)
-    temperature: float = Field(0.01, gt=0, description="in-batch loss temperature (GISTEmbed's default)")
-    checkpoint_steps: int = Field(50, ge=1)
+        _dense.in_batch_loss, description="gist: GISTEmbed (guide-masked in-batch negatives); mnrl: plain "
+                                          "in-batch InfoNCE")
+    in_batch_weight: float = Field(_dense.in_batch_weight, ge=0)
+    temperature: float = Field(_dense.temperature, gt=0, description="in-batch loss temperature (GISTEmbed's default)")
+    checkpoint_steps: int = Field(_dense.checkpoint_steps, ge=1)
     encode_batch_size: int = Field(64, ge=1)
     shards: int = Field(4, ge=1, description="shards of the student's corpus index")
-    seed: int = 13
+    seed: int = _dense.seed
     seeds: list[int] = Field(default_factory=list, description="one student per seed, each its own cached training "
                                                                "task; reports show mean +- sd (default: [seed])")
 
@@ -292,25 +308,28 @@ class SparseStudentConfig(_Strict):
     mlm_warmup_learning_rate: float = Field(1e-4, gt=0)
     idf: str = Field("corpus", description="query weights: \"corpus\" (IDF of the target corpus) or the path of "
                                             "an idf.json made for the document encoder's vocabulary")
-    regularizer: Literal["idf-aware", "plain"] = "idf-aware"
-    flops_weight: float = Field(3e-3, ge=0, description="FLOPS weight on the documents (lambda_d)")
+    regularizer: Literal["idf-aware", "plain"] = _sparse.regularizer
+    flops_weight: float = Field(_sparse.flops_weight, ge=0, description="FLOPS weight on the documents (lambda_d)")
     regularizer_warmup_ratio: float = Field(
-        1 / 3, ge=0, le=1, description="share of the training steps over which the FLOPS weight ramps up "
-                                       "quadratically from 0 (sentence-transformers' default, 1/3); 0: no warm-up")
-    loss: Literal["margin-mse", "kl"] = "margin-mse"
-    temperature: float = Field(1.0, gt=0, description="KL temperature (loss = \"kl\")")
-    margin_scale: float = Field(0.0, ge=0, description="teacher margins are the ensemble's weighted mean "
-                                                       "(in [-1, 1]) times this; 0: fitted to the untrained "
-                                                       "student's margins (their spread)")
+        _sparse.regularizer_warmup_ratio, ge=0, le=1,
+        description="share of the training steps over which the FLOPS weight ramps up quadratically from 0 "
+                    "(sentence-transformers' default, 1/3); 0: no warm-up")
+    loss: Literal["margin-mse", "kl"] = _sparse.loss
+    temperature: float = Field(_sparse.temperature, gt=0, description="KL temperature (loss = \"kl\")")
+    margin_scale: float = Field(_sparse.margin_scale, ge=0,
+                                description="teacher margins are the ensemble's weighted mean "
+                                            "(in [-1, 1]) times this; 0: fitted to the untrained "
+                                            "student's margins (their spread)")
     teacher_weights: dict[str, float] = Field(
         default_factory=dict, description="this student's ensemble: a weight for every teacher of "
                                           "[training.teachers] (default: [training] weights)")
-    epochs: int = Field(1, ge=1)
-    batch_size: int = Field(32, ge=2)
-    learning_rate: float = Field(5e-5, gt=0)
-    warmup_ratio: float = Field(0.1, ge=0, lt=1)
-    max_seq_length: int = Field(256, ge=16, description="document window of the index")
-    train_max_seq_length: int = Field(0, ge=0, description="training truncation (0: max_seq_length)")
+    epochs: int = Field(_sparse.epochs, ge=1)
+    batch_size: int = Field(_sparse.batch_size, ge=2)
+    learning_rate: float = Field(_sparse.learning_rate, gt=0)
+    warmup_ratio: float = Field(_sparse.warmup_ratio, ge=0, lt=1)
+    max_seq_length: int = Field(_sparse.max_seq_length, ge=16, description="document window of the index")
+    train_max_seq_length: int = Field(_sparse.train_max_seq_length, ge=0,
+                                      description="training truncation (0: max_seq_length)")
 
     @model_validator(mode="after")
     def _lengths_and_idf(self) -> SparseStudentConfig:
@@ -323,11 +342,11 @@ class SparseStudentConfig(_Strict):
         if self.idf != "corpus" and not Path(self.idf).expanduser().is_file():
             raise ValueError(f"idf: {self.idf} is not a file; give the path of an idf.json or \"corpus\"")
         return self
-    sampler: Literal["tas-balanced", "random"] = "tas-balanced"
+    sampler: Literal["tas-balanced", "random"] = _sparse.sampler
     negatives_per_query: int = Field(16, ge=0)
-    checkpoint_steps: int = Field(50, ge=1)
+    checkpoint_steps: int = Field(_sparse.checkpoint_steps, ge=1)
     encode_batch_size: int = Field(32, ge=1)
-    seed: int = 13
+    seed: int = _sparse.seed
     seeds: list[int] = Field(default_factory=list, description="one student per seed, each its own cached training "
                                                                "task; reports show mean +- sd (default: [seed])")
 
@@ -337,6 +356,58 @@ class SparseStudentConfig(_Strict):
 
 STUDENT_RETRIEVERS = {"dense-student": "dense_student", "sparse-student": "sparse_student"}
 
+
+# Settings that do not change what the task reading their section writes. This is the one place that marks them:
+# they reach the task, but stay out of its fingerprint, so two configs that differ only here share their cached
+# artifacts (``fingerprinted``). Index layout (a student's ``shards``, ``encode_batch_size``) is fingerprinted by
+# the index tasks that read it, not by the training task.
+ALWAYS_INERT: dict[str, frozenset[str]] = {
+    "dense_student": frozenset({"checkpoint_steps", "encode_batch_size", "shards"}),  # resumption cadence, indexing
+    "sparse_student": frozenset({"checkpoint_steps", "encode_batch_size"}),
+    "generation": frozenset(),
+}
+
+
+def inert_settings(section: str, values: Mapping[str, object]) -> set[str]:
+    """The keys of a ``section`` (a config table as a dict) that do not change its task's output, ``values``
+    deciding the conditional ones (a KL temperature under margin-MSE, sampling settings under greedy decoding)."""
+    inert = set(ALWAYS_INERT.get(section, frozenset()))
+    if section == "generation" and not values.get("do_sample"):
+        inert |= {"temperature", "top_p"}  # greedy decoding reads neither
+    if section == "sparse_student":
+        if values.get("loss") != "kl":
+            inert.add("temperature")  # the KL temperature
+        if not values.get("mlm_warmup_steps"):
+            inert.add("mlm_warmup_learning_rate")
+    if section == "dense_student":
+        if not values.get("in_batch_weight"):
+            inert |= {"in_batch_loss", "temperature", "guide"}  # no in-batch loss at all
+        elif values.get("in_batch_loss") != "gist":
+            inert.add("guide")  # only GISTEmbed runs the guide
+    return inert
+
+
+def fingerprinted(section: str, values: Mapping[str, object]) -> dict[str, object]:
+    """``values`` without the settings that do not change the output (``inert_settings``): what a task's
+    fingerprint holds of its section."""
+    inert = inert_settings(section, values)
+    return {key: value for key, value in values.items() if key not in inert}
+
+
+
+# The library settings a [generation] table fills, under the config's names where they differ.
+DECODE_NAMES = {"num_queries": "queries_per_doc"}
+SOFT_PROMPT_NAMES = {"epochs": "tune_epochs", "batch_size": "tune_batch_size", "examples_per_prompt": "sptar_examples"}
+
+
+def decode_settings(gen: Mapping) -> DecodeSettings:
+    """How ``GenerateShard`` decodes, from a ``[generation]`` table."""
+    return from_section(DecodeSettings, dict(gen), DECODE_NAMES)
+
+
+def soft_prompt_settings(gen: Mapping) -> SoftPromptSettings:
+    """How ``TrainSoftPrompt`` tunes SPTAR's soft prompt, from a ``[generation]`` table."""
+    return from_section(SoftPromptSettings, dict(gen), SOFT_PROMPT_NAMES)
 
 class HybridConfig(_Strict):
     """A fused retriever (``stillhouse.retrievers.hybrid``): its members' top-k, min-max normalized per query,

@@ -27,7 +27,6 @@ import itertools
 import logging
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,7 +35,7 @@ import torch
 from torch import nn
 
 from stillhouse.retrievers.errors import UserError
-from stillhouse.retrievers.guide import MarginStrategy
+from stillhouse.settings import DenseStudentSettings, MarginStrategy, from_section
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -61,27 +60,6 @@ class WeightedLossSum(nn.Module):
             value = self.weights[name] * loss([dict(f) for f in features], labels)
             total = value if total is None else total + value
         return total
-
-
-@dataclass(frozen=True)
-class DenseStudentSettings:
-    """What ``train_dense_student`` needs besides the data (a config's ``[dense_student]``)."""
-
-    epochs: int = 1
-    batch_size: int = 32
-    learning_rate: float = 2e-5
-    warmup_ratio: float = 0.1
-    max_seq_length: int = 256  # training truncation only: the saved model keeps the base model's window
-    sampler: str = "tas-balanced"  # or "random"
-    margin_mse_weight: float = 1.0
-    in_batch_loss: str = "gist"  # or "mnrl": in-batch InfoNCE without the guide (the ablation)
-    in_batch_weight: float = 1.0
-    temperature: float = 0.01
-    guide_margin: float = 0.0
-    guide_margin_strategy: MarginStrategy = "absolute"  # [training]'s, like guide_margin
-    margin_bins: int = 10
-    checkpoint_steps: int = 50
-    seed: int = 13
 
 
 def select_rows(query_ids: np.ndarray, margins: np.ndarray, per_query: int) -> np.ndarray:
@@ -118,16 +96,12 @@ def student_triples(table: dict[str, np.ndarray], corpus: dict[str, dict[str, st
             "cluster": table["cluster"][rows].tolist()}
 
 
-TRAINING_FIELDS = ("guide_margin", "guide_margin_strategy", "margin_bins")  # from [training], not [dense_student]
-
-
 def student_settings(student: dict, guide_margin: float, margin_bins: int,
                      guide_margin_strategy: MarginStrategy = "absolute") -> DenseStudentSettings:
-    """``DenseStudentSettings`` from a config's ``[dense_student]`` table and the training data's guide margin,
-    guide margin strategy and margin bins."""
-    names = {f for f in DenseStudentSettings.__dataclass_fields__ if f not in TRAINING_FIELDS}
-    return DenseStudentSettings(guide_margin=guide_margin, guide_margin_strategy=guide_margin_strategy,
-                                margin_bins=margin_bins, **{k: v for k, v in student.items() if k in names})
+    """``DenseStudentSettings`` from a config's ``[dense_student]`` table and ``[training]``'s guide margin, guide
+    margin strategy and margin bins (keys that are not training settings, such as ``base_model``, are not read)."""
+    return from_section(DenseStudentSettings, student, guide_margin=guide_margin, margin_bins=margin_bins,
+                        guide_margin_strategy=guide_margin_strategy)
 
 
 def dense_losses(model: SentenceTransformer, guide: SentenceTransformer | None, settings: DenseStudentSettings,

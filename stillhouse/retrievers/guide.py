@@ -20,13 +20,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 
 from stillhouse.retrievers.errors import UserError
-
-MarginStrategy = Literal["absolute", "relative"]
+from stillhouse.settings import MarginStrategy
 
 
 def guide_threshold(positive_score: np.ndarray, margin: float, strategy: MarginStrategy) -> np.ndarray:

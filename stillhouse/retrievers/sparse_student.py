@@ -39,7 +39,6 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -48,6 +47,7 @@ import torch
 from sentence_transformers.sparse_encoder.callbacks.splade_callbacks import SpladeRegularizerWeightSchedulerCallback
 
 from stillhouse.retrievers.errors import UserError
+from stillhouse.settings import SparseStudentSettings, from_section
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -184,33 +184,10 @@ def load_inference_free_encoder(model_dir: Path, device: str | None = None):
     return SparseEncoder(str(model_dir), device=device or pick_device(), local_files_only=True)
 
 
-@dataclass(frozen=True)
-class SparseStudentSettings:
-    """What ``train_sparse_student`` needs besides the data (a config's ``[sparse_student]``)."""
-
-    regularizer: str = "idf-aware"  # or "plain"
-    flops_weight: float = 3e-3
-    regularizer_warmup_ratio: float = 1 / 3  # share of the steps over which flops_weight ramps up (0: none)
-    margin_scale: float = 0.0  # teacher margin multiplier; 0: calibrated to the untrained student (margin_scale_for)
-    loss: str = "margin-mse"  # or "kl"
-    temperature: float = 1.0
-    epochs: int = 1
-    batch_size: int = 32
-    learning_rate: float = 5e-5
-    warmup_ratio: float = 0.1
-    max_seq_length: int = 256  # the document window the saved model indexes with
-    train_max_seq_length: int = 0  # training truncation (0: max_seq_length); the cost is the MLM head per token
-    sampler: str = "tas-balanced"
-    margin_bins: int = 10
-    checkpoint_steps: int = 50
-    seed: int = 13
-
-
 def sparse_student_settings(student: dict, margin_bins: int) -> SparseStudentSettings:
     """``SparseStudentSettings`` from a config's ``[sparse_student]`` table and the training data's margin bins
     (keys that are not training settings, such as ``base_model`` or ``idf``, are left out)."""
-    names = set(SparseStudentSettings.__dataclass_fields__) - {"margin_bins"}
-    return SparseStudentSettings(margin_bins=margin_bins, **{k: v for k, v in student.items() if k in names})
+    return from_section(SparseStudentSettings, student, margin_bins=margin_bins)
 
 
 def sparse_loss(model, settings: SparseStudentSettings):

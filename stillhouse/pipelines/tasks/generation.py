@@ -14,6 +14,7 @@ from pathlib import Path
 
 import luigi
 
+from stillhouse.pipelines.config import decode_settings, fingerprinted, soft_prompt_settings
 from stillhouse.pipelines.tasks.base import StageTask, read_json
 from stillhouse.pipelines.tasks.data import FetchModel, LoadDataset, corpus_only_fingerprint
 from stillhouse.pipelines.tasks.retrieval import BM25Index, DenseIndex
@@ -27,9 +28,6 @@ SOFT_KEYS = (*EXAMPLE_KEYS, *BUILDER_KEYS, "virtual_tokens", "tune_epochs", "lea
 FILTER_KEYS = (*SOFT_KEYS, "filter_groups")
 DECODE_KEYS = ("queries_per_doc", "max_new_tokens", "do_sample", "temperature", "top_p", "repetition_penalty",
                "batch_size", "no_repeat_ngram_size", "max_copy_tokens")
-# Settings added after outputs existed: left out of a spec while at their neutral value, so the cached
-# outputs of runs that never set them keep their fingerprints.
-NEUTRAL_DEFAULTS = {"no_repeat_ngram_size": 0, "max_copy_tokens": 0}
 GENERATE_KEYS = (*FILTER_KEYS, "generator_name", "prompt", "target_dataset", "targets", "max_target_docs", "shards",
                  *DECODE_KEYS)
 TRAINED_ROUNDTRIP_KEYS = ("roundtrip_epochs", "roundtrip_batch_size")
@@ -48,8 +46,7 @@ def spec(cls: type[GenTask], gen: dict) -> dict:
         keys = tuple(k for k in keys if k not in SPTAR_ONLY_KEYS)
     if gen.get("roundtrip", "trained") != "trained":
         keys = tuple(k for k in keys if k not in TRAINED_ROUNDTRIP_KEYS)
-    return {key: gen[key] for key in keys
-            if not (key in NEUTRAL_DEFAULTS and gen.get(key, NEUTRAL_DEFAULTS[key]) == NEUTRAL_DEFAULTS[key])}
+    return {key: gen[key] for key in keys}
 
 
 class GenTask(StageTask):
@@ -65,7 +62,8 @@ class GenTask(StageTask):
         own = super().fingerprint_payload()
         gen = dict(self.gen)
         # Data set parameters (folder paths, download flags) enter through LoadDataset's content fingerprint.
-        own["gen"] = {k: v for k, v in gen.items() if k not in ("examples_dataset", "target_dataset")}
+        own["gen"] = fingerprinted("generation", {k: v for k, v in gen.items()
+                                                  if k not in ("examples_dataset", "target_dataset")})
         return own
 
     def shards(self) -> list[GenerateShard]:
@@ -120,14 +118,12 @@ class TrainSoftPrompt(GenTask):
 
     def build(self, folder: Path) -> None:
         from stillhouse.generators.lm import load_causal_lm
-        from stillhouse.generators.soft_prompt import SoftPromptSettings, train_soft_prompt
+        from stillhouse.generators.soft_prompt import train_soft_prompt
 
         examples = self.make(SelectExamples).load()
         lm = load_causal_lm(self.fetch().model_dir())
-        settings = SoftPromptSettings(virtual_tokens=self.gen["virtual_tokens"], epochs=self.gen["tune_epochs"],
-                                      learning_rate=self.gen["learning_rate"], batch_size=self.gen["tune_batch_size"],
-                                      examples_per_prompt=self.gen["sptar_examples"], seed=self.gen["seed"])
-        meta = train_soft_prompt(lm, self.builder(lm.tokenizer), examples.tune, examples.prompt, settings, folder)
+        meta = train_soft_prompt(lm, self.builder(lm.tokenizer), examples.tune, examples.prompt,
+                                 soft_prompt_settings(self.gen), folder)
         log.info("soft prompt trained on %d pairs, loss %.3f", meta["train_pairs"], meta["train_loss"])
 
 
@@ -206,14 +202,13 @@ class GenerateShard(GenTask):
         return corpus_only_fingerprint(task)  # the target data set's corpus only, never its queries or judgements
 
     def build(self, folder: Path) -> None:
-        from stillhouse.generators.generate import DecodeSettings
         from stillhouse.generators.lm import load_causal_lm
         from stillhouse.generators.query_gen import generate_shard
 
         docs = target_documents(self)
         lm = load_causal_lm(self.fetch().model_dir())
         rows, stats = generate_shard(lm, prompt_setup(self), self.builder(lm.tokenizer), docs, self.shard,
-                                     self.gen["shards"], DecodeSettings.from_config(self.gen),
+                                     self.gen["shards"], decode_settings(self.gen),
                                      self.gen["generator_name"], desc=self.label())
         (folder / "rows.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
         (folder / "stats.json").write_text(json.dumps(stats))

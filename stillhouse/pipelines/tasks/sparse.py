@@ -16,6 +16,7 @@ from pathlib import Path
 
 import luigi
 
+from stillhouse.pipelines.config import fingerprinted
 from stillhouse.pipelines.tasks.base import StageTask, UpstreamParameter
 from stillhouse.pipelines.tasks.data import FetchModel
 from stillhouse.pipelines.tasks.retrieval import CorpusTask
@@ -40,10 +41,7 @@ class TrainSparse(StudentTask):
         return [self.triples_task(), self.corpus_task(), self.base_task()]
 
     def fingerprint_payload(self) -> dict:
-        student = {k: v for k, v in dict(self.student).items() if k != "encode_batch_size"}
-        if not student.get("mlm_warmup_steps"):  # added later: off, it leaves existing fingerprints as they were
-            student.pop("mlm_warmup_steps", None)
-            student.pop("mlm_warmup_learning_rate", None)
+        student = fingerprinted("sparse_student", dict(self.student))
         if student["idf"] != "corpus":  # a file: its content, not its path
             from stillhouse.pipelines.fingerprint import file_digest
 

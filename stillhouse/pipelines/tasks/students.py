@@ -13,6 +13,7 @@ from pathlib import Path
 
 import luigi
 
+from stillhouse.pipelines.config import fingerprinted
 from stillhouse.pipelines.tasks.base import StageTask
 from stillhouse.pipelines.tasks.data import FetchModel, corpus_only_fingerprint
 from stillhouse.pipelines.tasks.training_data import TAS_KEYS, TASTriples, TrainTask, narrow, read_table
@@ -68,8 +69,8 @@ class TrainDense(StudentTask):
     def fingerprint_payload(self) -> dict:
         # The triples' inputs enter through TASTriples upstream; what is read here is the student's settings
         # and the ensemble weights that scale the margins.
-        student = {k: v for k, v in dict(self.student).items() if k not in ("encode_batch_size", "shards")}
-        return {"student": student, "weights": dict(self.training["weights"])}
+        return {"student": fingerprinted("dense_student", dict(self.student)),
+                "weights": dict(self.training["weights"])}
 
     def build(self, folder: Path) -> None:
         from stillhouse.retrievers.distill_dense import student_settings, student_triples, train_dense_student
