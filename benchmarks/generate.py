@@ -16,7 +16,7 @@ from pathlib import Path
 
 from benchmarks.common import add_data_arguments, model_folder
 from stillhouse.eval.beir_data import load_beir
-from stillhouse.generators.examples import document_text, labeled_pairs, split_examples
+from stillhouse.generators.examples import labeled_pairs, prompt_text, split_examples
 from stillhouse.generators.generate import DecodeSettings, generate
 from stillhouse.generators.lm import load_causal_lm
 from stillhouse.generators.prompts import PromptBuilder
@@ -40,7 +40,7 @@ def main() -> None:
 
     data = load_beir(args.data / "scifact", "train")
     split = split_examples(labeled_pairs(data), 8, 0, 0, seed=13)
-    docs = [document_text(doc) for doc in list(data.corpus.values())[: args.docs]]
+    docs = [prompt_text(doc) for doc in list(data.corpus.values())[: args.docs]]
     with tempfile.TemporaryDirectory() as scratch:
         model_dir = model_folder(args.model, args.model_dir, Path(scratch))
         lm = load_causal_lm(model_dir)

@@ -14,25 +14,12 @@ import argparse
 import json
 import platform
 import statistics
-import time
 from pathlib import Path
 
 from benchmarks.common import add_data_arguments
 from stillhouse.eval.beir_data import load_beir
+from stillhouse.eval.query_cost import timed_searches
 from stillhouse.retrievers.impact_index import IdfQueryEncoder, idf_query_vector
-
-
-def timed_searches(search, queries: list[str], repeats: int) -> list[float]:
-    """Milliseconds of each ``search(query)`` call, over ``repeats`` passes after one warm-up pass."""
-    for query in queries:
-        search(query)
-    times = []
-    for _ in range(repeats):
-        for query in queries:
-            started = time.perf_counter()
-            search(query)
-            times.append((time.perf_counter() - started) * 1000)
-    return times
 
 
 def main() -> None:
@@ -51,7 +38,7 @@ def main() -> None:
     from pyserini.search.lucene import LuceneImpactSearcher, LuceneSearcher
     from transformers import AutoTokenizer
 
-    from stillhouse.pipelines.export import sparse_tokenizer_dir
+    from stillhouse.retrievers.export import sparse_tokenizer_dir
     from stillhouse.retrievers.sparse_student import read_idf_json
 
     queries = list(load_beir(args.data / args.dataset, "test").queries.values())

@@ -3,7 +3,7 @@ benchmarks.milvus_hybrid EXPORT/milvus --data ../shared/beir --dataset scifact``
 
 Milvus's ``WeightedRanker`` normalizes each field's inner products with ``0.5 + arctan(s) / pi`` instead of the
 pipeline's per-query min-max, so the exported hybrid ranks somewhat differently; this measures by how much, on
-the judged queries of a split (``stillhouse.pipelines.export.milvus_hybrid_run``: query vectors from the export's own
+the judged queries of a split (``stillhouse.retrievers.export.milvus_hybrid_run``: query vectors from the export's own
 query kit). Give the pipeline's run (``<workdir>/HybridSearch/<fingerprint>/run.trec``) with ``--pipeline-run`` to print
 both.
 """
@@ -27,7 +27,7 @@ def main() -> None:
     checked_splits(args, args.split)
     from stillhouse.eval.beir_data import load_beir
     from stillhouse.eval.metrics import DEFAULT_METRICS, evaluate_run, ignores_identical_ids
-    from stillhouse.pipelines.export import milvus_hybrid_run
+    from stillhouse.retrievers.export import milvus_hybrid_run
     from stillhouse.retrievers.runs import read_trec_run
 
     data = load_beir(args.data / args.dataset, args.split)

@@ -25,9 +25,9 @@ import scipy.sparse as sp
 
 from benchmarks.common import add_data_arguments, add_split_arguments, checked_splits
 from benchmarks.train_sparse import encode_all, impacts, top_k
+from stillhouse.artifacts import write_json_atomic
 from stillhouse.eval.beir_data import load_beir
 from stillhouse.eval.metrics import DEFAULT_METRICS, evaluate_run
-from stillhouse.pipelines.artifacts import write_json_atomic
 from stillhouse.retrievers.dense import document_text
 from stillhouse.retrievers.errors import UserError
 from stillhouse.retrievers.sparse_student import document_route, load_inference_free_encoder

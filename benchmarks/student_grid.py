@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import add_data_arguments, add_split_arguments, checked_splits
+from stillhouse.artifacts import write_json_atomic
 from stillhouse.eval.beir_data import BeirDataset, load_beir
-from stillhouse.pipelines.artifacts import write_json_atomic
 from stillhouse.retrievers.dense import document_text
 
 

@@ -54,8 +54,8 @@ def main() -> None:
 
     for teacher in args.teachers:
         search_all(load_sentence_encoder(teacher), teacher.name)
-    for name, table, weights, student in grid.entries(args.grid, args.max_queries):
-        triples = student_triples(table, grid.corpus, weights, student["negatives_per_query"],
+    for name, table, _weights, student in grid.entries(args.grid, args.max_queries):
+        triples = student_triples(table, grid.corpus, student["negatives_per_query"],
                                   student["margin_scale"])
         settings = student_settings(student, args.guide_margin, args.margin_bins)
         guide = args.guide if student["in_batch_loss"] == "gist" and student["in_batch_weight"] > 0 else None

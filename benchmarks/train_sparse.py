@@ -74,7 +74,7 @@ def main() -> None:
         out = args.scratch / name
         doc_dir = masked_lm_folder(args.base, student["mlm_head"], out / "mlm-base", student["base_model"],
                                    seed=student["seed"])
-        triples = student_triples(table, grid.corpus, weights, student["negatives_per_query"], 1.0)
+        triples = student_triples(table, grid.corpus, student["negatives_per_query"], 1.0)
         settings = sparse_student_settings(student, args.margin_bins)
         stats = train_sparse_student(doc_dir, idf, triples, out / "model", out / "checkpoints", settings)
         grid.record({"stage": "train", "name": name, "settings": student, "weights": weights,

@@ -59,7 +59,7 @@ class DenseStudentSettings:
     batch_size: int = 32
     learning_rate: float = 2e-5
     warmup_ratio: float = 0.1
-    max_seq_length: int = 256  # training truncation only: the saved model keeps the base model's window
+    train_max_seq_length: int = 256  # training truncation only: the saved model keeps the base model's window
     sampler: Literal["tas-balanced", "random"] = "tas-balanced"
     margin_mse_weight: float = 1.0
     in_batch_loss: Literal["gist", "mnrl"] = "gist"  # mnrl: in-batch InfoNCE without the guide (the ablation)
@@ -77,7 +77,7 @@ class SparseStudentSettings:
     """What ``stillhouse.retrievers.sparse_student.train_sparse_student`` needs besides the data (a config's
     ``[sparse_student]``, and the margin bins of ``[training]``)."""
 
-    regularizer: Literal["idf-aware", "plain"] = "idf-aware"
+    query_weights: Literal["idf", "binary"] = "idf"  # binary: the plain-FLOPS ablation (q_t = 1[t in q])
     flops_weight: float = 3e-3
     regularizer_warmup_ratio: float = 1 / 3  # share of the steps over which flops_weight ramps up (0: none)
     margin_scale: float = 0.0  # teacher margin multiplier; 0: calibrated to the untrained student (margin_scale_for)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from stillhouse.pipelines.artifacts import atomic_dir, remove_stale_temps
+from stillhouse.artifacts import atomic_dir, remove_stale_temps
 
 
 def test_failed_build_leaves_nothing(tmp_path: Path) -> None:

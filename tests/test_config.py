@@ -231,7 +231,7 @@ READ_ELSEWHERE = {
                    "tune_pairs", "filter_eval_pairs", "filter_groups", "instruction", "max_doc_tokens",
                    "max_example_doc_tokens", "targets", "max_target_docs", "shards", "roundtrip", "roundtrip_epochs",
                    "roundtrip_batch_size", "roundtrip_k", "dense_model", "nll_pairs", "seed"},
-    "dense_student": {"base_model", "guide", "negatives_per_query", "margin_scale", "teacher_weights",
+    "dense_student": {"base_model", "guide_model", "negatives_per_query", "margin_scale", "teacher_weights",
                       "encode_batch_size", "shards", "seeds"},
     "sparse_student": {"base_model", "mlm_head", "mlm_warmup_steps", "mlm_warmup_learning_rate", "idf",
                        "teacher_weights", "negatives_per_query", "encode_batch_size", "seeds"},
@@ -298,7 +298,21 @@ def test_settings_that_do_not_change_an_output_stay_out_of_fingerprints(tmp_path
     assert fingerprinted("sparse_student", sparse) == {"loss": "margin-mse", "mlm_warmup_steps": 0,
                                                        "flops_weight": 3e-3}
     assert "temperature" in fingerprinted("sparse_student", {**sparse, "loss": "kl"})
-    dense = {"in_batch_loss": "mnrl", "in_batch_weight": 1.0, "guide": "mpnet", "temperature": 0.05,
+    dense = {"in_batch_loss": "mnrl", "in_batch_weight": 1.0, "guide_model": "mpnet", "temperature": 0.05,
              "checkpoint_steps": 10}
     assert fingerprinted("dense_student", dense) == {"in_batch_loss": "mnrl", "in_batch_weight": 1.0,
                                                      "temperature": 0.05}
+
+
+def test_a_renamed_key_says_its_new_name(tmp_path: Path) -> None:
+    training = "[training]\nqueries = \"split\"\nguide = \"mini\"\n[training.teachers.mini]\nkind = \"dense\"\n" \
+               "model = \"base\"\n"
+    with pytest.raises(UserError, match=r"bad\.toml: dense_student: guide is now called guide_model"):
+        load_config(_config(tmp_path, BASE + training + "[dense_student]\nguide = \"base\"\n"))
+    with pytest.raises(UserError, match=r"dense_student: max_seq_length is now called train_max_seq_length"):
+        load_config(_config(tmp_path, BASE + training + "[dense_student]\nmax_seq_length = 128\n"))
+    with pytest.raises(UserError, match=r"sparse_student: regularizer is now called query_weights \(\"idf-aware\" is"):
+        load_config(_config(tmp_path, BASE + training + "[sparse_student]\nregularizer = \"plain\"\n"))
+    sparse = "[sparse_student]\nbase_model = \"base\"\nmlm_head = \"tied\"\nmlm_warmup_steps = 5\n"
+    cfg = load_config(_config(tmp_path, BASE + training + sparse + "query_weights = \"binary\"\n"))
+    assert cfg.sparse_student is not None and cfg.sparse_student.query_weights == "binary"

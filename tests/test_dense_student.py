@@ -81,7 +81,7 @@ kind = "bm25"
 [dense_student]
 batch_size = 4
 epochs = 2
-max_seq_length = 96
+train_max_seq_length = 96
 negatives_per_query = 3
 checkpoint_steps = 2
 """

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from stillhouse.eval.beir_data import load_beir
-from stillhouse.generators.examples import document_text, labeled_pairs
+from stillhouse.generators.examples import labeled_pairs, prompt_text
 from stillhouse.generators.roundtrip import source_ranks
 from stillhouse.retrievers.dense import build_corpus_index, dense_search, load_sentence_encoder
 from stillhouse.retrievers.errors import UserError
@@ -32,7 +32,7 @@ def test_finetuned_retriever_ranks_its_training_documents_higher(slice_root: Pat
     build_corpus_index(load_sentence_encoder(minilm_dir), data.corpus, tmp_path / "base-index", batch_size=32)
     before = source_ranks(dense_search(minilm_dir, tmp_path / "base-index", queries, 10), sources)
 
-    stats = finetune_on_pairs(minilm_dir, [(p.query, document_text(data.corpus[p.doc_id])) for p in pairs],
+    stats = finetune_on_pairs(minilm_dir, [(p.query, prompt_text(data.corpus[p.doc_id])) for p in pairs],
                               tmp_path / "tuned", epochs=3, batch_size=8, learning_rate=1e-4, max_seq_length=128)
     assert stats["pairs"] == 32 and stats["train_loss"] > 0
     from sentence_transformers import SentenceTransformer

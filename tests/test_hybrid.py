@@ -256,7 +256,7 @@ def test_milvus_lite_hybrid_search_runs_and_fuses_its_two_searches(smoke_run: Pa
     from transformers import AutoTokenizer
 
     from stillhouse.eval.metrics import evaluate_run
-    from stillhouse.pipelines.export import milvus_hybrid_run, milvus_hybrid_search
+    from stillhouse.retrievers.export import milvus_hybrid_run, milvus_hybrid_search
     from stillhouse.retrievers.impact_index import idf_query_vector, quantize
     from stillhouse.retrievers.sparse_student import read_idf_json
 

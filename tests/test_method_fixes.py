@@ -256,3 +256,19 @@ def test_mining_and_gist_loss_agree_at_the_threshold(minilm_dir: Path, strategy:
         above = float(model.similarity(g[:1], g[:1])[0, 0])
     assert bool(guide_keep(np.array([above]), np.array([guide_positive]), 0.0, strategy)[0]) is False
     assert loss_keeps(query) is False
+
+
+def test_the_ensemble_column_is_the_weighted_mean_the_students_distil() -> None:
+    """The ``ensemble`` score is ``sum_t w_t s'_t / sum_t w_t`` (in [0, 1], margins in [-1, 1]), and a student's
+    margin is the table's margin times its ``margin_scale``, nothing else."""
+    from stillhouse.retrievers.distill_dense import student_triples
+    from stillhouse.retrievers.ensemble import aggregate
+
+    normalized = {"a": np.array([0.0, 1.0, 0.5]), "b": np.array([1.0, 0.0, 0.5])}
+    assert np.allclose(aggregate(normalized, {"a": 1.0, "b": 3.0}), [0.75, 0.25, 0.5])
+    assert np.allclose(aggregate(normalized, {"a": 2.0, "b": 0.0}), normalized["a"])
+    table = {"query_id": np.array(["q1", "q1"]), "query": np.array(["x", "x"]),
+             "positive_id": np.array(["d1", "d1"]), "negative_id": np.array(["d2", "d3"]),
+             "margin": np.array([0.5, -0.25]), "cluster": np.array([0, 0])}
+    corpus = {d: {"title": d, "text": "t"} for d in ("d1", "d2", "d3")}
+    assert student_triples(table, corpus, per_query=0, margin_scale=2.0)["margin"] == [1.0, -0.5]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from stillhouse.eval.beir_data import load_beir
-from stillhouse.generators.examples import document_text, labeled_pairs, split_examples
+from stillhouse.generators.examples import labeled_pairs, prompt_text, split_examples
 from stillhouse.generators.quality import clean_query, copies_document, copies_example, degenerate_reason
 
 
@@ -40,7 +40,7 @@ def test_example_roles_are_disjoint(beir_dir: Path) -> None:
     assert (len(split.prompt), len(split.tune), len(split.filter_eval)) == (8, 50, 16)
     docs = [{e.doc_id for e in role} for role in (split.prompt, split.tune, split.filter_eval, split.held_out)]
     assert all(not (a & b) for i, a in enumerate(docs) for b in docs[i + 1:])
-    assert all(e.document == document_text(data.corpus[e.doc_id]) for e in split.prompt)
+    assert all(e.document == prompt_text(data.corpus[e.doc_id]) for e in split.prompt)
 
 
 def test_ngram_blocker_only_looks_at_generated_tokens() -> None:

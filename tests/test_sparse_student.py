@@ -57,7 +57,7 @@ def test_sparse_student_is_trained_indexed_and_searched_without_a_query_model(sm
     from sentence_transformers import SparseEncoder
     from transformers import AutoTokenizer
 
-    from stillhouse.pipelines.export import sparse_tokenizer_dir
+    from stillhouse.retrievers.export import sparse_tokenizer_dir
     from stillhouse.retrievers.sparse_student import read_idf_json
     from stillhouse.retrievers.teachers import load_sparse_encoder
 
@@ -67,7 +67,7 @@ def test_sparse_student_is_trained_indexed_and_searched_without_a_query_model(sm
     search = student_search(smoke_run, slice_root, "sparse-student")
     folder = search.fetch_task().out_dir
     stats = json.loads((folder / "training.json").read_text())
-    assert stats["steps"] > 0 and stats["regularizer"] == "idf-aware" and stats["loss"] == "margin-mse"
+    assert stats["steps"] > 0 and stats["query_weights"] == "idf" and stats["loss"] == "margin-mse"
     assert not list((smoke_run / "TrainSparse").glob("*.checkpoints"))
     # The query side is a table lookup: a query's vector is its distinct tokens weighted by the corpus IDF.
     model = SparseEncoder(str(folder / "model"), device="cpu")
@@ -108,7 +108,7 @@ def test_lucene_export_answers_like_the_pipeline(smoke_run: Path, exported: Path
     from pyserini.search.lucene import LuceneImpactSearcher
     from transformers import AutoTokenizer
 
-    from stillhouse.pipelines.export import sparse_tokenizer_dir
+    from stillhouse.retrievers.export import sparse_tokenizer_dir
     from stillhouse.retrievers.impact_index import IdfQueryEncoder
     from stillhouse.retrievers.sparse_student import read_idf_json
 
@@ -140,7 +140,7 @@ def test_milvus_lite_export_answers_like_the_pipeline(smoke_run: Path, exported:
     from sentence_transformers import SentenceTransformer
     from transformers import AutoTokenizer
 
-    from stillhouse.pipelines.export import sparse_tokenizer_dir
+    from stillhouse.retrievers.export import sparse_tokenizer_dir
     from stillhouse.retrievers.impact_index import idf_query_vector, quantize
     from stillhouse.retrievers.sparse_student import read_idf_json
 
@@ -285,7 +285,7 @@ def test_sparse_ablation_trains_plain_flops_beside_idf_aware(smoke_run: Path, sl
     assert "| sparse student: full |" in table and "| sparse student: plain-flops |" in table
     assert "no-guide-filter" in table and "dense student's loss" in table  # skipped, with the reason
     plain = [p for p in (smoke_run / "TrainSparse").glob("*/training.json")
-             if json.loads(p.read_text())["regularizer"] == "plain"]
+             if json.loads(p.read_text())["query_weights"] == "binary"]
     assert len(plain) == 1
     model = SparseEncoder(str(plain[0].parent / "model"), device="cpu")
     encoded = model.encode_query(["EZH2 regulates stem cell differentiation"], convert_to_sparse_tensor=True)

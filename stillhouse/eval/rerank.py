@@ -3,9 +3,10 @@
 ``rerank_study`` measures each teacher alone and their ensemble as rerankers of BM25's top-k: the check that
 the heterogeneous teacher ensemble of Geng et al. (2024), "Towards Competitive Search Relevance For
 Inference-Free Learned Sparse Retrievers" (§3.2), ranks better than its members. Each teacher's scores are
-normalized per query (``stillhouse.retrievers.ensemble.normalize_per_query``) and combined as the weighted sum
+normalized per query (``stillhouse.retrievers.ensemble.normalize_per_query``) and combined as the weighted mean
+(``stillhouse.retrievers.ensemble.aggregate``; the paper's weighted sum over the total weight, the same ranking)
 
-    S(q, d) = sum_t w_t s'_t(q, d),
+    S(q, d) = sum_t w_t s'_t(q, d) / sum_t w_t,
 
 and a grid of weightings (``weight_grid``: each teacher 0, 0.5, 1 or 2, up to scale) is swept, best first.
 

@@ -17,7 +17,9 @@ from stillhouse.generators.prompts import Example
 from stillhouse.retrievers.errors import UserError
 
 
-def document_text(doc: dict[str, str]) -> str:
+def prompt_text(doc: dict[str, str]) -> str:
+    """A document as the LM's prompts show it, ``"title. text"`` (the encoders read BEIR's ``"title text"``:
+    ``stillhouse.retrievers.dense.document_text``)."""
     title, text = doc.get("title", "").strip(), doc.get("text", "").strip()
     return f"{title}. {text}" if title else text
 
@@ -28,7 +30,7 @@ def labeled_pairs(data: BeirDataset) -> list[Example]:
     for query_id, judged in data.qrels.items():
         positives = [doc_id for doc_id, score in judged.items() if score > 0]
         if positives:
-            pairs.append(Example(positives[0], document_text(data.corpus[positives[0]]), data.queries[query_id]))
+            pairs.append(Example(positives[0], prompt_text(data.corpus[positives[0]]), data.queries[query_id]))
     return pairs
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from stillhouse.generators.examples import document_text
+from stillhouse.generators.examples import prompt_text
 from stillhouse.generators.query_gen import judge_rows
 from stillhouse.generators.roundtrip import round_trip_rate, source_ranks
 from stillhouse.retrievers.dense import dense_search
@@ -25,7 +25,7 @@ def filter_generated(rows: list[dict], corpus: dict[str, dict[str, str]], exampl
 
     from stillhouse.retrievers.bm25 import bm25_search
 
-    judge_rows(rows, {r["doc_id"]: document_text(corpus[r["doc_id"]]) for r in rows}, example_queries)
+    judge_rows(rows, {r["doc_id"]: prompt_text(corpus[r["doc_id"]]) for r in rows}, example_queries)
     usable = {r["query_id"]: r["text"] for r in rows if r["text"].strip()}
     sources = {r["query_id"]: r["doc_id"] for r in rows if r["query_id"] in usable}
     bm25_ranks = source_ranks(bm25_search(bm25_index, usable, RANK_DEPTH) if usable else {}, sources)

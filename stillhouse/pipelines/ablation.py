@@ -66,7 +66,7 @@ def _hard_prompt(cfg: RunConfig) -> RunConfig:
 
 def _plain_flops(cfg: RunConfig) -> RunConfig:
     """The sparse student's FLOPS without IDF awareness: binary query weights in training and search."""
-    return _set(cfg, "sparse_student", regularizer="plain")
+    return _set(cfg, "sparse_student", query_weights="binary")
 
 
 def _minilm_mlm(cfg: RunConfig) -> RunConfig:

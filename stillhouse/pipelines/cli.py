@@ -91,7 +91,7 @@ def _parser() -> argparse.ArgumentParser:
             cmd.add_argument("--student", choices=("dense", "sparse"), default="dense",
                              help="which student the variants train (default: dense)")
         if name == "export":
-            from stillhouse.pipelines.export import FORMATS
+            from stillhouse.retrievers.export import FORMATS
 
             cmd.add_argument("--to", type=Path, required=True, help="target folder (one sub-folder per format)")
             cmd.add_argument("--formats", default=",".join(FORMATS), help=f"comma-separated subset of "
@@ -115,6 +115,11 @@ def _parser() -> argparse.ArgumentParser:
     find.add_argument("--queries", type=Path, help="a TSV (id<TAB>text) or JSONL ({_id, text}) file of queries: "
                                                    "answered as a TREC run")
     find.add_argument("--out", type=Path, help="with --queries: the TREC run file (default: standard output)")
+    find.add_argument("--timings", type=Path, help="with --queries: answer each query alone (after a warm-up pass) "
+                                                   "and write its query cost as JSON here instead of a run")
+    find.add_argument("--repeats", type=int, default=2, help="with --timings: timed passes (default 2)")
+    find.add_argument("--list", action="store_true", help="list the retrievers and hybrids of CONFIG, their data "
+                                                          "sets and whether each is built (TSV)")
     find.add_argument("--data-dir", help="BEIR root folder (default: [data] dir, then $STILLHOUSE_BEIR_DIR)")
     find.add_argument("--workdir", type=Path, help="artifact root (default: the config's workdir)")
     find.add_argument("--datasets", help=argparse.SUPPRESS)
@@ -198,7 +203,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from stillhouse.pipelines.dag import built_indexes
-    from stillhouse.pipelines.export import export
+    from stillhouse.retrievers.export import export
 
     cfg, workdir, roots = _prepare(args)
     setup_logging(workdir, args.verbose)
@@ -216,8 +221,15 @@ def cmd_search(args: argparse.Namespace) -> int:
     from stillhouse.pipelines.search import open_searcher, read_queries, titles
     from stillhouse.retrievers.runs import write_trec_run
 
+    if args.list:
+        return _list_searchable(args)
     if (args.query is None) == (args.queries is None):
         raise UserError("search: give a query (or '-' for standard input) or --queries FILE, not both")
+    if args.timings and not args.queries:
+        raise UserError("search --timings: give the queries to time with --queries FILE")
+    if args.timings and not args.timings.parent.is_dir():
+        raise UserError(f"search --timings {args.timings}: no folder {args.timings.parent}; create it or choose "
+                        "another path")
     if args.k < 1:
         raise UserError("search --k: give a positive number of documents")
     if args.out and not args.out.parent.is_dir():
@@ -243,8 +255,10 @@ def cmd_search(args: argparse.Namespace) -> int:
     transformers_logging.disable_progress_bar()  # the answer is the output; loading bars would interleave with it
     loading = time.perf_counter()
     searcher = open_searcher(task)
-    print(f"{name} on {choices[0]['dataset']['dataset']}: loaded in {time.perf_counter() - loading:.1f} s",
-          file=sys.stderr)
+    loaded_in = time.perf_counter() - loading
+    print(f"{name} on {choices[0]['dataset']['dataset']}: loaded in {loaded_in:.1f} s", file=sys.stderr)
+    if args.timings:
+        return _write_query_cost(args, searcher, name, choices[0]["dataset"]["dataset"], queries, loaded_in)
     if queries is not None:
         run, _ = searcher.search(queries, args.k)
         out = args.out or Path("/dev/stdout")
@@ -266,6 +280,40 @@ def cmd_search(args: argparse.Namespace) -> int:
             member_scores = "".join(f"\t{parts[m]['q'][doc_id]:.3f}" for m in members)
             print(f"{rank}\t{doc_id}\t{score:.4f}{member_scores}\t{names_of.get(doc_id, '')[:90]}")
         sys.stdout.flush()
+    return 0
+
+
+def _list_searchable(args: argparse.Namespace) -> int:
+    """Every retriever and hybrid of the config, per data set, and whether its search is built (TSV)."""
+    from stillhouse.pipelines.dag import search_task
+
+    _, workdir, roots = _prepare(args)
+    print("retriever\tdataset\tstate")
+    for entry in roots[0].entries:
+        task = search_task(str(workdir), dict(entry["dataset"]), dict(entry["retriever"]))
+        print(f"{entry['name']}\t{entry['dataset']['dataset']}\t{'built' if task.complete() else 'not built'}")
+    return 0
+
+
+def _write_query_cost(args: argparse.Namespace, searcher, name: str, dataset: str, queries: dict[str, str],
+                      loaded_in: float) -> int:
+    """Time each query alone (``stillhouse.eval.query_cost.timed_searches``) and write the cost as JSON."""
+    import platform
+    import statistics
+
+    import torch
+
+    from stillhouse.artifacts import write_json_atomic
+    from stillhouse.eval.query_cost import timed_searches
+
+    if args.repeats < 1:
+        raise UserError("search --repeats: give at least one timed pass")
+    times = timed_searches(lambda text: searcher.search({"q": text}, args.k), list(queries.values()), args.repeats)
+    cost = {"retriever": name, "dataset": dataset, "queries": len(queries), "repeats": args.repeats, "k": args.k,
+            "mean_ms": statistics.fmean(times), "median_ms": statistics.median(times), "load_s": loaded_in,
+            "torch_threads": torch.get_num_threads(), "machine": platform.platform()}
+    write_json_atomic(args.timings, cost)
+    print(f"{args.timings}: {name}, {cost['mean_ms']:.2f} ms per query (mean of {len(times)})")
     return 0
 
 

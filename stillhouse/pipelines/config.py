@@ -251,17 +251,40 @@ class TrainingConfig(_Strict):
         return {name: self.weights.get(name, 1.0) for name in self.teachers}
 
 
+# Keys renamed on 2026-11-30 because their old names said something else; an old config gets one line saying so.
+RENAMED_KEYS = {
+    "dense_student": {"guide": "guide_model (a model, unlike [training] guide, which names a teacher)",
+                      "max_seq_length": "train_max_seq_length (training truncation; the index keeps the model's "
+                                        "window)"},
+    "sparse_student": {"regularizer": "query_weights (\"idf-aware\" is \"idf\", \"plain\" is \"binary\")"},
+}
+
+
+def _reject_renamed(section: str, data: object) -> object:
+    if isinstance(data, dict):
+        for old, new in RENAMED_KEYS[section].items():
+            if old in data:
+                raise ValueError(f"{old} is now called {new}; rename the key")
+    return data
+
+
 class DenseStudentConfig(_Strict):
     """The dense student distilled from the ensemble (TAS-Balanced batches, margin-MSE + GISTEmbed)."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_keys(cls, data: object) -> object:
+        return _reject_renamed("dense_student", data)
+
     base_model: str = Field("base", description="model role or source the student starts from")
-    guide: str | None = Field(None, description="in-batch guide model (default: the [training] guide teacher's)")
+    guide_model: str | None = Field(None, description="model role or source of the GISTEmbed in-batch guide "
+                                                      "(default: the model of [training]'s guide teacher)")
     epochs: int = Field(_dense.epochs, ge=1)
     batch_size: int = Field(_dense.batch_size, ge=2)
     learning_rate: float = Field(_dense.learning_rate, gt=0)
     warmup_ratio: float = Field(_dense.warmup_ratio, ge=0, lt=1)
-    max_seq_length: int = Field(
-        _dense.max_seq_length, ge=16, description="training truncation (student and guide); the saved student "
+    train_max_seq_length: int = Field(
+        _dense.train_max_seq_length, ge=16, description="training truncation (student and guide); the saved student "
                                                   "keeps the base model's window")
     sampler: Literal["tas-balanced", "random"] = _dense.sampler
     negatives_per_query: int = Field(16, ge=0, description="triples kept per query, spread over its margins "
@@ -298,6 +321,11 @@ class DenseStudentConfig(_Strict):
 class SparseStudentConfig(_Strict):
     """The inference-free sparse student (Geng et al., 2024): an MLM document encoder, IDF-weighted queries."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_keys(cls, data: object) -> object:
+        return _reject_renamed("sparse_student", data)
+
     base_model: str = Field("splade", description="model role or source of the document encoder")
     mlm_head: Literal["model", "tied"] = Field(
         "model", description="model: the base has its MLM head (SPLADE, BERT-MLM); tied: add one tied to the "
@@ -308,7 +336,9 @@ class SparseStudentConfig(_Strict):
     mlm_warmup_learning_rate: float = Field(1e-4, gt=0)
     idf: str = Field("corpus", description="query weights: \"corpus\" (IDF of the target corpus) or the path of "
                                             "an idf.json made for the document encoder's vocabulary")
-    regularizer: Literal["idf-aware", "plain"] = _sparse.regularizer
+    query_weights: Literal["idf", "binary"] = Field(
+        _sparse.query_weights, description="the query route's table: \"idf\" (IDF-aware FLOPS) or \"binary\" "
+                                           "(plain FLOPS, the ablation)")
     flops_weight: float = Field(_sparse.flops_weight, ge=0, description="FLOPS weight on the documents (lambda_d)")
     regularizer_warmup_ratio: float = Field(
         _sparse.regularizer_warmup_ratio, ge=0, le=1,
@@ -381,9 +411,9 @@ def inert_settings(section: str, values: Mapping[str, object]) -> set[str]:
             inert.add("mlm_warmup_learning_rate")
     if section == "dense_student":
         if not values.get("in_batch_weight"):
-            inert |= {"in_batch_loss", "temperature", "guide"}  # no in-batch loss at all
+            inert |= {"in_batch_loss", "temperature", "guide_model"}  # no in-batch loss at all
         elif values.get("in_batch_loss") != "gist":
-            inert.add("guide")  # only GISTEmbed runs the guide
+            inert.add("guide_model")  # only GISTEmbed runs the guide
     return inert
 
 
@@ -487,8 +517,8 @@ class RunConfig(_Strict):
             if self.training is None:
                 raise ValueError("dense_student needs a [training] section (its triples and teachers)")
             self.model_source(self.dense_student.base_model, where="dense_student.base_model")
-            if self.dense_student.guide:
-                self.model_source(self.dense_student.guide, where="dense_student.guide")
+            if self.dense_student.guide_model:
+                self.model_source(self.dense_student.guide_model, where="dense_student.guide_model")
         if self.sparse_student is not None:
             if self.training is None:
                 raise ValueError("sparse_student needs a [training] section (its triples and teachers)")

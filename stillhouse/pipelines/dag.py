@@ -221,8 +221,8 @@ def dense_student_retriever(cfg: RunConfig, settings: dict, seed: int | None = N
     spec = student.model_dump(exclude={"teacher_weights", "seeds"})  # weights reach TrainDense as its training's
     spec["seed"] = student.seed if seed is None else seed
     spec["base_model"] = cfg.model_source(student.base_model, where="dense_student.base_model")
-    spec["guide"] = cfg.model_source(student.guide, where="dense_student.guide") if student.guide \
-        else settings["guide_teacher"]["model"]
+    spec["guide_model"] = cfg.model_source(student.guide_model, where="dense_student.guide_model") \
+        if student.guide_model else settings["guide_teacher"]["model"]
     return {"kind": "dense", "model": DENSE_STUDENT,
             "trained": {"training": student_training(cfg, settings, STUDENT_KEYS, "dense_student"), "student": spec},
             "batch_size": student.encode_batch_size, "shards": student.shards,
@@ -373,7 +373,7 @@ def built_indexes(cfg: RunConfig, report: Report):
     """What ``stillhouse export`` reads from a finished run: the dense student's FAISS index (else the first
     dense retriever's on the students' data set), the sparse student's impact index, and the first judged query
     of that data set (for the example query bodies)."""
-    from stillhouse.pipelines.export import BuiltIndexes
+    from stillhouse.retrievers.export import BuiltIndexes
 
     by_name: dict[str, dict] = {}
     for e in report.entries:

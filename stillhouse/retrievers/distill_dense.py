@@ -76,23 +76,23 @@ def select_rows(query_ids: np.ndarray, margins: np.ndarray, per_query: int) -> n
     return np.sort(np.asarray(keep, dtype=np.int64))
 
 
-def student_triples(table: dict[str, np.ndarray], corpus: dict[str, dict[str, str]], weights: dict[str, float],
-                    per_query: int, margin_scale: float) -> dict[str, list]:
+def student_triples(table: dict[str, np.ndarray], corpus: dict[str, dict[str, str]], per_query: int,
+                    margin_scale: float) -> dict[str, list]:
     """The training columns ``train_dense_student`` reads, from a TASTriples table (ids, query text, ensemble
     margin, cluster): at most ``per_query`` rows per query (``select_rows``), document texts filled in, and
-    margins rescaled to the student's range.
+    margins times ``margin_scale``.
 
-    The ensemble is a weighted sum of [0, 1]-normalized scores, so dividing by the total weight puts its
-    margins in [-1, 1], the range of the student's cosine margins; ``margin_scale`` stretches them from there.
+    The ensemble is the weighted mean of [0, 1]-normalized scores (``stillhouse.retrievers.ensemble.aggregate``),
+    so its margins are in [-1, 1], the range of the student's cosine margins; ``margin_scale`` stretches them
+    from there.
     """
     from stillhouse.retrievers.dense import document_text
 
     rows = select_rows(table["query_id"], table["margin"], per_query)
-    total_weight = sum(weights.values())
     return {"query_id": table["query_id"][rows].tolist(), "query": table["query"][rows].tolist(),
             "positive": [document_text(corpus[d]) for d in table["positive_id"][rows]],
             "negative": [document_text(corpus[d]) for d in table["negative_id"][rows]],
-            "margin": (table["margin"][rows] / total_weight * margin_scale).tolist(),
+            "margin": (table["margin"][rows] * margin_scale).tolist(),
             "cluster": table["cluster"][rows].tolist()}
 
 
@@ -176,11 +176,11 @@ def train_dense_student(base_dir: Path, guide_dir: Path | None, triples: dict[st
     # Train on truncated texts (the cost is in the sequence length) but save the base model's own window, which
     # the student's corpus index then uses.
     saved_max_seq_length = model.max_seq_length
-    model.max_seq_length = settings.max_seq_length
+    model.max_seq_length = settings.train_max_seq_length
     on_gpu = model.device.type == "cuda"
     guide = None
     if settings.in_batch_weight > 0 and settings.in_batch_loss == "gist" and guide_dir is not None:
-        guide = load_sentence_encoder(guide_dir, settings.max_seq_length, half=on_gpu)
+        guide = load_sentence_encoder(guide_dir, settings.train_max_seq_length, half=on_gpu)
         guide.eval()
     losses = dense_losses(model, guide, settings, guide_name=guide_dir.name if guide_dir else "guide")
     data = Dataset.from_dict({"anchor": triples["query"], "positive": triples["positive"],

@@ -4,8 +4,11 @@ Geng et al. (2024), "Towards Competitive Search Relevance For Inference-Free Lea
 Retrievers", §3.2: teachers' scores live on different scales (cosine, SPLADE dot products, BM25), so
 each teacher's scores over one query's candidate list are min-max normalized,
 ``s'(q, d) = (s(q, d) - min_d' s(q, d')) / (max_d' s(q, d') - min_d' s(q, d'))``, and the ensemble score
-is the weighted sum ``S(q, d) = sum_t w_t s'_t(q, d)`` (eq. 3-4 of the paper, weights configurable
-here). The z-score variant ``(s - mean) / std`` is offered as an option.
+is their weighted mean ``S(q, d) = sum_t w_t s'_t(q, d) / sum_t w_t``: the paper's weighted sum (eq. 3-4, weights
+configurable here) divided by the total weight, which keeps ``S`` in [0, 1] like each ``s'`` and its margins
+``S(q, p) - S(q, n)`` in [-1, 1], the range of a cosine student's margins. The ``ensemble`` column of the
+training data is this ``S``, the score the students distil (times their ``margin_scale``). The z-score variant
+``(s - mean) / std`` is offered as an option.
 """
 
 from __future__ import annotations
@@ -48,14 +51,16 @@ def normalize_per_query(scores: np.ndarray, query_ids: np.ndarray, method: Norma
 
 
 def aggregate(normalized: dict[str, np.ndarray], weights: dict[str, float]) -> np.ndarray:
-    """``sum_t w_t s'_t`` over the teachers named in ``weights`` (all must have scores)."""
+    """The weighted mean ``sum_t w_t s'_t / sum_t w_t`` over the teachers named in ``weights`` (all must have
+    scores; the weights must sum above zero)."""
     missing = [name for name in weights if name not in normalized]
     if missing:
         raise ValueError(f"no scores for teacher {missing[0]!r}")
     total = sum(weights.values())
     if total <= 0:
         raise ValueError("ensemble weights must sum to a positive number")
-    return sum(np.asarray(normalized[name], dtype=np.float64) * w for name, w in weights.items()).astype(np.float32)
+    weighted = sum(np.asarray(normalized[name], dtype=np.float64) * w for name, w in weights.items())
+    return (weighted / total).astype(np.float32)
 
 
 def ensemble_columns(pairs: dict[str, np.ndarray], kept: np.ndarray, raw_scores: dict[str, np.ndarray],
@@ -64,9 +69,9 @@ def ensemble_columns(pairs: dict[str, np.ndarray], kept: np.ndarray, raw_scores:
 
     Geng et al. (2024, §3.2): each teacher's scores ``s_t`` over one query's kept pairs are normalized
     (``normalize_per_query``; min-max ``s'_t = (s_t - min) / (max - min)`` by default) and the ensemble score is
-    ``S(q, d) = sum_t w_t s'_t(q, d)`` (``aggregate``). ``pairs`` holds the columns query_id, doc_id and positive
-    of every mined pair, ``kept`` the guide filter's mask over them and ``raw_scores`` each teacher's score of
-    every mined pair (teacher name -> array in row order).
+    ``S(q, d) = sum_t w_t s'_t(q, d) / sum_t w_t`` (``aggregate``). ``pairs`` holds the columns query_id, doc_id
+    and positive of every mined pair, ``kept`` the guide filter's mask over them and ``raw_scores`` each teacher's
+    score of every mined pair (teacher name -> array in row order).
 
     Returns the columns query_id, doc_id, positive, then ``raw_<teacher>`` and ``norm_<teacher>`` for each
     teacher in the order of ``raw_scores``, then ``ensemble``.

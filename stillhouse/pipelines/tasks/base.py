@@ -14,7 +14,7 @@ import luigi
 from luigi.freezing import recursively_unfreeze
 from luigi.task import flatten
 
-from stillhouse.pipelines.artifacts import atomic_dir, write_json_atomic
+from stillhouse.artifacts import atomic_dir, write_json_atomic
 from stillhouse.pipelines.fingerprint import fingerprint
 from stillhouse.retrievers.errors import UserError
 

@@ -174,14 +174,14 @@ def setup_requirements(task: GenTask) -> list[StageTask]:
 
 def target_documents(task: GenTask) -> list[tuple[str, str]]:
     """The documents to generate for: the whole target corpus, or the held-out examples' documents."""
-    from stillhouse.generators.examples import document_text
+    from stillhouse.generators.examples import prompt_text
 
     if task.gen["targets"] == "held-out":
         held_out = task.make(SelectExamples).load().held_out
         docs = list(dict.fromkeys((e.doc_id, e.document) for e in held_out))
     else:
         corpus = LoadDataset(workdir=task.workdir, **task.gen["target_dataset"]).load().corpus
-        docs = [(doc_id, document_text(doc)) for doc_id, doc in corpus.items()]
+        docs = [(doc_id, prompt_text(doc)) for doc_id, doc in corpus.items()]
     limit = task.gen["max_target_docs"]
     return docs[:limit] if limit else docs
 

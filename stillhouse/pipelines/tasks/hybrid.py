@@ -14,7 +14,7 @@ from pathlib import Path
 import luigi
 from luigi.freezing import recursively_unfreeze
 
-from stillhouse.pipelines.artifacts import write_json_atomic
+from stillhouse.artifacts import write_json_atomic
 from stillhouse.pipelines.tasks.base import StageTask, UpstreamMapParameter, UpstreamParameter
 from stillhouse.pipelines.tasks.data import LoadDataset
 from stillhouse.pipelines.tasks.retrieval import DatasetTask

@@ -35,7 +35,7 @@ class TrainSparse(StudentTask):
     ``idf.json`` (its query weight table) and ``training.json``."""
 
     def label(self) -> str:
-        return f"TrainSparse({self.student['regularizer']}, {self.student['loss']})"
+        return f"TrainSparse({self.student['query_weights']}, {self.student['loss']})"
 
     def requires(self):
         return [self.triples_task(), self.corpus_task(), self.base_task()]
@@ -49,15 +49,15 @@ class TrainSparse(StudentTask):
                 raise UserError(f"sparse_student.idf: {student['idf']} is not a file; give an idf.json path or "
                                 "\"corpus\"")
             student["idf"] = file_digest(Path(student["idf"]))
-        return {"student": student, "weights": dict(self.training["weights"])}
+        return {"student": student}  # the ensemble weights enter through TASTriples upstream
 
     def build(self, folder: Path) -> None:
         from stillhouse.retrievers.sparse_student import train_student
 
         corpus = self.corpus_task().load().corpus
         table = read_table(self.triples_task().out_dir / "triples.parquet")
-        stats = train_student(self.base_task().model_dir(), corpus, table, dict(self.training["weights"]),
-                              dict(self.student), self.training["margin_bins"], folder, self.checkpoint_dir())
+        stats = train_student(self.base_task().model_dir(), corpus, table, dict(self.student),
+                              self.training["margin_bins"], folder, self.checkpoint_dir())
         (folder / "training.json").write_text(json.dumps(stats, indent=2))
 
 

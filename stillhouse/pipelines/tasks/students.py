@@ -60,24 +60,23 @@ class TrainDense(StudentTask):
     def guide_task(self) -> FetchModel | None:
         if self.student["in_batch_loss"] != "gist" or self.student["in_batch_weight"] == 0:
             return None
-        return FetchModel(workdir=self.workdir, source=self.student["guide"])
+        return FetchModel(workdir=self.workdir, source=self.student["guide_model"])
 
     def requires(self):
         guide = self.guide_task()
         return [self.triples_task(), self.corpus_task(), self.base_task(), *([guide] if guide else [])]
 
     def fingerprint_payload(self) -> dict:
-        # The triples' inputs enter through TASTriples upstream; what is read here is the student's settings
-        # and the ensemble weights that scale the margins.
-        return {"student": fingerprinted("dense_student", dict(self.student)),
-                "weights": dict(self.training["weights"])}
+        # The triples' inputs (the ensemble weights among them) enter through TASTriples upstream; what is read
+        # here is the student's settings.
+        return {"student": fingerprinted("dense_student", dict(self.student))}
 
     def build(self, folder: Path) -> None:
         from stillhouse.retrievers.distill_dense import student_settings, student_triples, train_dense_student
 
         s = dict(self.student)
         table = read_table(self.triples_task().out_dir / "triples.parquet")
-        triples = student_triples(table, self.corpus_task().load().corpus, dict(self.training["weights"]),
+        triples = student_triples(table, self.corpus_task().load().corpus,
                                   s["negatives_per_query"], s["margin_scale"])
         settings = student_settings(s, self.training["guide_margin"], self.training["margin_bins"],
                                     self.training["guide_margin_strategy"])

@@ -379,6 +379,7 @@ class EnsembleScores(TrainTask):
     """Raw, per-query normalized and aggregated teacher scores of the kept pairs (``ensemble.parquet``)."""
 
     reads = ENSEMBLE_KEYS
+    version = 1  # 1: the ensemble column is the teachers' weighted mean (it was their weighted sum)
 
     def requires(self):
         return [self.make(MineCandidates), self.make(GuideFilter),

@@ -37,6 +37,8 @@ class RerankStudy(StageTask):
     ``rerank.parquet`` (every pair's raw and normalized teacher scores, for re-weighting later).
     """
 
+    version = 1  # 1: the ensemble column is the teachers' weighted mean (it was their weighted sum)
+
     dataset = luigi.DictParameter()
     depth = luigi.IntParameter(default=100)
     teachers = luigi.DictParameter()

@@ -376,7 +376,7 @@ def export_milvus(built: BuiltIndexes, out: Path) -> None:
         "distinct tokens weighted by `query/idf.json`.\n\n" + (
             "Hybrid: the `hybrid` collection holds both vectors (`sparse`, `dense`); run `hybrid_search(\"hybrid\", "
             "[AnnSearchRequest(...sparse...), AnnSearchRequest(...dense...)], WeightedRanker(w_sparse, w_dense))` "
-            "with the manifest's weights (see `milvus_hybrid_search` in stillhouse's pipelines/export.py). Milvus "
+            "with the manifest's weights (see `milvus_hybrid_search` in stillhouse's retrievers/export.py). Milvus "
             "normalizes inner products with arctan, not min-max, so its ranking differs slightly from the "
             "pipeline's.\n" if hybrid else ""))
 
