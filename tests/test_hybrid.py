@@ -199,6 +199,21 @@ def test_search_cli_answers_from_the_built_hybrid(smoke_run: Path, slice_root: P
         assert len(answered[qid]) == 10
         for doc, score in answered[qid].items():
             assert score == pytest.approx(ours[doc], abs=1e-4)
+    # --timings: each query answered alone, the cost written as JSON; --list: what can be searched.
+    timings = tmp_path / "cost.json"
+    result = run_cli("search", str(SMOKE), "--queries", str(source), "--retriever", "bm25", "--repeats", "1",
+                     "--timings", str(timings), *common)
+    assert result.returncode == 0, result.stderr[-2000:]
+    cost = json.loads(timings.read_text())
+    assert cost["retriever"] == "bm25" and cost["queries"] == len(queries) and cost["repeats"] == 1
+    assert 0 < cost["median_ms"] and 0 < cost["mean_ms"] < 60_000
+    listed = run_cli("search", str(SMOKE), "--list", *common)
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    table = [line.split("\t") for line in listed.stdout.splitlines()]
+    assert table[0] == ["retriever", "dataset", "state"]
+    assert ["fused-students", "scifact", "built"] in table and ["bm25", "scifact", "built"] in table
+    no_queries = run_cli("search", str(SMOKE), "x", "--timings", str(timings), *common)
+    assert one_error_line(no_queries) == "error: search --timings: give the queries to time with --queries FILE"
     unknown = run_cli("search", str(SMOKE), "x", "--retriever", "nope", *common)
     assert unknown.returncode == 2 and one_error_line(unknown).startswith("error: search --retriever: 'nope'")
     missing = run_cli("search", str(SMOKE), "--queries", str(tmp_path / "none.tsv"), *common)
@@ -216,6 +231,8 @@ def test_search_before_the_run_names_the_run_to_do(slice_root: Path, tmp_path: P
     assert result.returncode == 2
     assert one_error_line(result) == (f"error: search: fused-students on scifact is not built yet; run "
                                       f"`stillhouse run {SMOKE}` first")
+    listed = run_cli("search", str(SMOKE), "--list", "--data-dir", str(slice_root), "--workdir", str(tmp_path / "w"))
+    assert listed.returncode == 0 and "fused-students\tscifact\tnot built" in listed.stdout.splitlines()
 
 
 @pytest.mark.slow

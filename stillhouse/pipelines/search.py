@@ -19,16 +19,6 @@ from pathlib import Path
 from stillhouse.retrievers.runs import Run
 
 
-class _RunOnly:
-    """A member searcher's ``search`` reduced to its run (``ImpactSearcher`` also returns its stats)."""
-
-    def __init__(self, searcher) -> None:
-        self.searcher = searcher
-
-    def search(self, queries: dict[str, str], k: int) -> Run:
-        return self.searcher.search(queries, k)[0]
-
-
 def member_searcher(task):
     """The library searcher over a built BM25Search, DenseSearch or ImpactSearch task's indexes and model."""
     if task.task_family == "BM25Search":
@@ -41,7 +31,7 @@ def member_searcher(task):
         return DenseSearcher(task.fetch_task().model_dir(), task.index_task().out_dir, task.max_seq_length)
     from stillhouse.retrievers.impact_index import ImpactSearcher
 
-    return _RunOnly(ImpactSearcher(task.index_task().out_dir / "index", task.load_model()))
+    return ImpactSearcher(task.index_task().out_dir / "index", task.load_model())
 
 
 def open_searcher(task):

@@ -143,7 +143,7 @@ def index_corpus(model, corpus: dict[str, dict[str, str]], folder: Path, batch_s
 
         model = load_sparse_model(Path("work/TrainSparse/<fp>/model"), inference_free=True)
         stats = index_corpus(model, corpus, Path("out"))
-        run = ImpactSearcher(Path("out/index"), model).search({"q1": "vitamin d"}, k=10)[0]
+        run = ImpactSearcher(Path("out/index"), model).search({"q1": "vitamin d"}, k=10)
     """
     from tqdm import tqdm
 
@@ -183,7 +183,8 @@ class ImpactSearcher:
     Example::
 
         searcher = ImpactSearcher(Path("work/ImpactIndex/<fp>/index"), model)
-        run, stats = searcher.search({"q1": "vitamin d and infections"}, k=10)
+        run = searcher.search({"q1": "vitamin d and infections"}, k=10)
+        searcher.last_stats["mean_query_terms"]
     """
 
     def __init__(self, index_dir: Path, model, scale: int = IMPACT_SCALE) -> None:
@@ -196,10 +197,11 @@ class ImpactSearcher:
         self.vocab = vocabulary(model)  # once: every search's query vectors name their terms with it
         self.lookup = _Lookup({})
         self.searcher = LuceneImpactSearcher(str(index_dir), self.lookup)
+        self.last_stats: dict = {}
 
-    def search(self, queries: dict[str, str], k: int, threads: int = 1) -> tuple[Run, dict]:
-        """Top-``k`` documents of every query (query id -> text), and ``{queries, mean_query_terms,
-        query_encode_seconds, search_seconds}``."""
+    def search(self, queries: dict[str, str], k: int, threads: int = 1) -> Run:
+        """Top-``k`` documents of every query (query id -> text); ``last_stats`` then holds ``{queries,
+        mean_query_terms, query_encode_seconds, search_seconds}`` of this search."""
         started = time.perf_counter()
         query_ids = list(queries)
         vectors = [v for batch in sparse_vectors(self.model, [queries[q] for q in query_ids], 256, "query",
@@ -209,9 +211,10 @@ class ImpactSearcher:
         self.lookup.vectors = {q: quantize(v, self.scale) for q, v in zip(query_ids, vectors, strict=True)}
         hits = self.searcher.batch_search(query_ids, query_ids, k=k, threads=threads)  # text = its id: _Lookup
         run = {q: {h.docid: float(h.score) / (self.scale * self.scale) for h in hits.get(q, [])} for q in query_ids}
-        stats = {"queries": len(query_ids), "mean_query_terms": sum(map(len, vectors)) / max(len(vectors), 1),
-                 "query_encode_seconds": encoded - started, "search_seconds": time.perf_counter() - encoded}
-        return run, stats
+        self.last_stats = {"queries": len(query_ids),
+                           "mean_query_terms": sum(map(len, vectors)) / max(len(vectors), 1),
+                           "query_encode_seconds": encoded - started, "search_seconds": time.perf_counter() - encoded}
+        return run
 
 
 class IdfQueryEncoder:

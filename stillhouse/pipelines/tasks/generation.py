@@ -260,7 +260,7 @@ class FilterQueries(GenTask):
                 FetchModel(workdir=self.workdir, source=self.gen["dense_model"]), *trained]
 
     def build(self, folder: Path) -> None:
-        from stillhouse.generators.filtering import filter_generated
+        from stillhouse.generators.roundtrip import filter_generated
 
         rows = self.generated_rows()
         bm25, dense = self.indexes()

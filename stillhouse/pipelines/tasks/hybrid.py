@@ -91,8 +91,6 @@ class HybridSearch(DatasetTask):
     """The fused run of the split's judged queries: each member's top-k, min-max normalized per query, weighted
     mean (``stillhouse.retrievers.hybrid.fuse_runs``), with the weights used in ``hybrid.json``."""
 
-    retriever_kind = "hybrid"  # the config's ``kind`` of the retrievers this task searches for
-
     members = UpstreamMapParameter(description="member name -> its search task on this split, at depth top_k")
     weights = luigi.DictParameter(description="{fixed: {member: weight}} or {select: HybridWeights.selection}")
     chosen = UpstreamParameter(default=None, description="the HybridWeights task, for selected weights")

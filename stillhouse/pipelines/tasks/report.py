@@ -22,7 +22,7 @@ class Evaluate(DatasetTask):
     ignore_identical_ids = luigi.BoolParameter(default=False, description="drop a hit whose id is the query's")
 
     def label(self) -> str:
-        return f"Evaluate({self.dataset['dataset']} {self.search.retriever_kind})"
+        return f"Evaluate({self.dataset['dataset']} {self.search.task_family.removesuffix('Search')})"
 
     def requires(self):
         return [self.dataset_task(), self.search]

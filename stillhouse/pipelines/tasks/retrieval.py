@@ -68,8 +68,6 @@ class BM25Index(CorpusTask):
 class BM25Search(DatasetTask):
     """BM25 top-k for the split's judged queries, as a TREC run."""
 
-    retriever_kind = "bm25"  # the config's ``kind`` of the retrievers this task searches for
-
     multifield = luigi.BoolParameter(default=True)
     k1 = luigi.FloatParameter(default=0.9)
     b = luigi.FloatParameter(default=0.4)
@@ -91,19 +89,46 @@ class BM25Search(DatasetTask):
         (folder / "timing.json").write_text(json.dumps({"queries": len(queries), "seconds": seconds}))
 
 
-class DenseTask(CorpusTask):
-    """Parameters shared by the dense-branch tasks."""
+class ModelTask(CorpusTask):
+    """Base of the tasks that run a model over a data set. The model folder comes from ``model_task`` when the DAG
+    hands one (a trained student) and from ``FetchModel(model)`` otherwise; either enters the fingerprint through
+    ``requires()``, so the ``model`` string itself does not."""
 
     model = luigi.Parameter(description="model source string (a name only, when ``model_task`` is given)")
     model_task = UpstreamParameter(default=None, description="what provides the model folder when it is not "
-                                                             "FetchModel(model): a trained student (TrainDense)")
-    shards = luigi.IntParameter(default=4)
-    batch_size = luigi.IntParameter(default=64)
-    max_seq_length = luigi.IntParameter(default=0)
+                                                             "FetchModel(model): a trained student")
 
     def fetch_task(self) -> StageTask:
         """What provides the model folder (``model_dir()``): the given ``model_task``, else FetchModel."""
         return self.model_task or FetchModel(workdir=self.workdir, source=self.model)
+
+    def fingerprint_payload(self) -> dict:
+        own = super().fingerprint_payload()
+        own.pop("model", None)  # a fetched model enters through FetchModel's fingerprint, a student through its own
+        return own
+
+
+class IndexSearchTask(ModelTask):
+    """Base of the tasks that search a corpus index of a model with the split's judged queries (top ``top_k``)."""
+
+    top_k = luigi.IntParameter(default=100)
+
+    def index_task(self) -> StageTask:
+        raise NotImplementedError
+
+    def upstream_fingerprint(self, task: StageTask) -> str:
+        return task.fingerprint()  # reads the split's queries, not only the corpus
+
+    def requires(self):
+        return [self.dataset_task(), self.fetch_task(), self.index_task()]
+
+
+class DenseTask(ModelTask):
+    """Parameters shared by the dense-branch tasks."""
+
+    shards = luigi.IntParameter(default=4)
+    batch_size = luigi.IntParameter(default=64)
+    max_seq_length = luigi.IntParameter(default=0)
 
     def encoder_kwargs(self) -> dict:
         return {"dataset": self.dataset, "model": self.model, "model_task": self.model_task, "shards": self.shards,
@@ -120,11 +145,6 @@ class EncodeShard(DenseTask):
 
     def requires(self):
         return [self.dataset_task(), self.fetch_task()]
-
-    def fingerprint_payload(self) -> dict:
-        own = super().fingerprint_payload()
-        own.pop("model", None)  # covered by FetchModel's fingerprint upstream
-        return own
 
     def build(self, folder: Path) -> None:
         corpus = self.dataset_task().load().corpus
@@ -148,11 +168,6 @@ class DenseIndex(DenseTask):
     def requires(self):
         return [EncodeShard(workdir=self.workdir, shard=i, **self.encoder_kwargs()) for i in range(self.shards)]
 
-    def fingerprint_payload(self) -> dict:
-        own = super().fingerprint_payload()
-        own.pop("model", None)
-        return own
-
     def build(self, folder: Path) -> None:
         parts = [shard.out_dir for shard in self.requires()]
         vectors = np.concatenate([np.load(p / "embeddings.npy") for p in parts])
@@ -161,26 +176,11 @@ class DenseIndex(DenseTask):
         (folder / "docids.json").write_text(json.dumps(ids))
 
 
-class DenseSearch(DenseTask):
+class DenseSearch(DenseTask, IndexSearchTask):
     """Encode the judged queries and take the top-k from the FAISS index, as a TREC run."""
-
-    retriever_kind = "dense"  # the config's ``kind`` of the retrievers this task searches for
-
-    top_k = luigi.IntParameter(default=100)
 
     def index_task(self) -> DenseIndex:
         return DenseIndex(workdir=self.workdir, **self.encoder_kwargs())
-
-    def upstream_fingerprint(self, task: StageTask) -> str:
-        return task.fingerprint()  # reads the split's queries, not only the corpus
-
-    def requires(self):
-        return [self.dataset_task(), self.fetch_task(), self.index_task()]
-
-    def fingerprint_payload(self) -> dict:
-        own = super().fingerprint_payload()
-        own.pop("model", None)
-        return own
 
     def build(self, folder: Path) -> None:
         queries = self.dataset_task().load().queries

@@ -17,9 +17,7 @@ from pathlib import Path
 import luigi
 
 from stillhouse.pipelines.config import fingerprinted
-from stillhouse.pipelines.tasks.base import StageTask, UpstreamParameter
-from stillhouse.pipelines.tasks.data import FetchModel
-from stillhouse.pipelines.tasks.retrieval import CorpusTask
+from stillhouse.pipelines.tasks.retrieval import IndexSearchTask, ModelTask
 from stillhouse.pipelines.tasks.students import StudentTask
 from stillhouse.pipelines.tasks.training_data import TAS_KEYS, narrow, read_table
 from stillhouse.retrievers.errors import UserError
@@ -67,23 +65,11 @@ def sparse_student_task(workdir: str, trained: dict) -> TrainSparse:
                        student=trained["student"])
 
 
-class SparseTask(CorpusTask):
+class SparseTask(ModelTask):
     """Parameters shared by the impact-index tasks."""
 
-    model = luigi.Parameter(description="model source string (a name only, when ``model_task`` is given)")
-    model_task = UpstreamParameter(default=None, description="what provides the model folder when it is not "
-                                                             "FetchModel(model): a trained student (TrainSparse)")
     batch_size = luigi.IntParameter(default=32)
     max_seq_length = luigi.IntParameter(default=256)
-
-    def fetch_task(self) -> StageTask:
-        """What provides the model folder (``model_dir()``): the given ``model_task``, else FetchModel."""
-        return self.model_task or FetchModel(workdir=self.workdir, source=self.model)
-
-    def fingerprint_payload(self) -> dict:
-        own = super().fingerprint_payload()
-        own.pop("model", None)  # a fetched model enters through FetchModel's fingerprint, a student through its own
-        return own
 
     def load_model(self):
         """The sparse model (a student's routes, or a siamese SPLADE checkpoint) on the best device."""
@@ -111,29 +97,20 @@ class ImpactIndex(SparseTask):
         (folder / "stats.json").write_text(json.dumps(stats, indent=2))
 
 
-class ImpactSearch(SparseTask):
+class ImpactSearch(SparseTask, IndexSearchTask):
     """Top-k of the split's judged queries from the impact index, as a TREC run, with ``stats.json`` (mean
     non-zero query terms, search seconds)."""
 
-    retriever_kind = "splade"  # the config's ``kind`` of the retrievers this task searches for
-
-    top_k = luigi.IntParameter(default=100)
-
     def index_task(self) -> ImpactIndex:
         return ImpactIndex(workdir=self.workdir, **self.sparse_kwargs())
-
-    def upstream_fingerprint(self, task: StageTask) -> str:
-        return task.fingerprint()  # reads the split's queries, not only the corpus
-
-    def requires(self):
-        return [self.dataset_task(), self.fetch_task(), self.index_task()]
 
     def build(self, folder: Path) -> None:
         from stillhouse.retrievers.impact_index import ImpactSearcher
 
         queries = self.dataset_task().load().queries
         searcher = ImpactSearcher(self.index_task().out_dir / "index", self.load_model())
-        run, stats = searcher.search(queries, self.top_k, threads=2)
+        run = searcher.search(queries, self.top_k, threads=2)
+        stats = searcher.last_stats
         write_trec_run(run, folder / "run.trec", "impact")
         seconds = stats["query_encode_seconds"] + stats["search_seconds"]
         (folder / "timing.json").write_text(json.dumps({"queries": len(queries), "seconds": seconds}))
