@@ -73,3 +73,15 @@ def test_unreachable_scheduler(tmp_path: Path, slice_root: Path) -> None:
     config = write_config(tmp_path / "c.toml", tmp_path / "w", slice_root)
     result = run_cli("run", str(config), "--scheduler-url", "http://127.0.0.1:9", timeout=300)
     _assert_one_line_error(result, "cannot reach luigid")
+
+
+def test_version_and_formats_checked_before_anything_is_read(tmp_path: Path) -> None:
+    from stillhouse import __version__
+
+    version = run_cli("--version")
+    assert version.returncode == 0 and version.stdout.strip() == f"stillhouse {__version__}"
+    # The config does not exist: an unknown format is still the error, found before the config is read.
+    result = run_cli("export", str(tmp_path / "missing.toml"), "--to", str(tmp_path / "out"), "--formats",
+                     "lucene,solr")
+    _assert_one_line_error(result, "export --formats: unknown format 'solr'; choose from lucene, faiss")
+    assert not (tmp_path / "out").exists()

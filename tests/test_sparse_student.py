@@ -213,6 +213,27 @@ def test_opensearch_bulk_is_valid_and_its_example_query_scores_like_the_pipeline
     assert_same_top(runs["dense-student"][first_qid], dense_scores, rel=1e-3)
 
 
+def test_elasticsearch_mapping_uses_dot_product_only_for_unit_vectors(tmp_path: Path) -> None:
+    """Elasticsearch refuses ``dot_product`` for a vector more than 1e-3 off unit length: such an index is mapped
+    with ``max_inner_product`` (same inner-product ranking), a unit-length one keeps ``dot_product``."""
+    from stillhouse.retrievers import faiss_index
+    from stillhouse.retrievers.export import BuiltIndexes, opensearch_mapping
+
+    rng = np.random.default_rng(0)
+    unit = rng.normal(size=(5, 8)).astype(np.float32)
+    unit /= np.linalg.norm(unit, axis=1, keepdims=True)
+    for name, vectors in (("unit", unit), ("bf16-like", unit * np.float32(1.004))):
+        folder = tmp_path / name
+        folder.mkdir()
+        faiss_index.save_index(faiss_index.build_flat_ip(vectors), folder / "index.faiss")
+        (folder / "docids.json").write_text(json.dumps([f"d{i}" for i in range(5)]))
+        mapping = opensearch_mapping(BuiltIndexes(corpus=tmp_path / "corpus.jsonl", dense_index=folder),
+                                     "elasticsearch")
+        expected = "dot_product" if name == "unit" else "max_inner_product"
+        assert mapping["mappings"]["properties"]["dense"] == {"type": "dense_vector", "dims": 8, "index": True,
+                                                              "similarity": expected}
+
+
 def test_export_refuses_an_existing_target_unless_forced(smoke_run: Path, slice_root: Path, tmp_path: Path) -> None:
     target = tmp_path / "shipped"
     common = ("export", str(SMOKE), "--data-dir", str(slice_root), "--workdir", str(smoke_run), "--to", str(target))

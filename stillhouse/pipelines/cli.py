@@ -62,7 +62,13 @@ def setup_logging(workdir: Path, verbose: bool) -> Path:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="stillhouse", description=__doc__.splitlines()[0])
+    from stillhouse import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="stillhouse", description="An unlabeled corpus and a few labeled examples in, trained retrievers out: "
+                                       "run the DAG of a config, its ablations and its status, search and export "
+                                       "what it built, cut a data slice. `stillhouse COMMAND -h` for each command.")
+    parser.add_argument("--version", action="version", version=f"stillhouse {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_text in (("run", "run the DAG of CONFIG"), ("status", "show which tasks of CONFIG are done"),
                             ("ablate", "train a student of CONFIG with one component off at a time"),
@@ -203,12 +209,12 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from stillhouse.pipelines.dag import built_indexes
-    from stillhouse.retrievers.export import export
+    from stillhouse.retrievers.export import checked_formats, export
 
+    formats = checked_formats([f.strip() for f in args.formats.split(",") if f.strip()])  # before reading anything
     cfg, workdir, roots = _prepare(args)
     setup_logging(workdir, args.verbose)
     built, first_query = built_indexes(cfg, roots[0])
-    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     for folder in export(built, args.to.expanduser().resolve(), formats, args.force, args.index_name,
                          args.example_query or first_query, workdir=workdir):
         print(folder)
@@ -409,9 +415,22 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def require_module(module: str, extra: str, purpose: str) -> None:
+    """A UserError naming the extra to install when an optional module is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise UserError(f"{purpose} needs the module {module!r}, which is not installed: pip install "
+                        f"'stillhouse[{extra}]' (README, Install)")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command != "slice":
+            require_module("faiss", "cpu", "dense indexing and search (FAISS; [gpu] on a CUDA machine)")
+        if args.command == "export" and "milvus" in args.formats:
+            require_module("pymilvus", "export", "the Milvus Lite export")
         commands = {"run": cmd_run, "status": cmd_status, "ablate": cmd_ablate, "export": cmd_export,
                     "search": cmd_search, "slice": cmd_slice}
         return commands[args.command](args)

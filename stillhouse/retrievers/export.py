@@ -226,7 +226,10 @@ def opensearch_mapping(built: BuiltIndexes, engine: str) -> dict:
             properties["dense"] = {"type": "knn_vector", "dimension": dim,
                                    "method": {"name": "hnsw", "engine": "faiss", "space_type": "innerproduct"}}
         else:
-            properties["dense"] = {"type": "dense_vector", "dims": dim, "index": True, "similarity": "dot_product"}
+            # Elasticsearch rejects dot_product for a vector more than 1e-3 off unit length (bf16 encoding puts most
+            # off); max_inner_product takes any vector and ranks as the pipeline's inner product does.
+            similarity = "dot_product" if dense_is_unit_length(built.dense_index) else "max_inner_product"
+            properties["dense"] = {"type": "dense_vector", "dims": dim, "index": True, "similarity": similarity}
     return {"settings": settings, "mappings": {"properties": properties}} if settings else \
         {"mappings": {"properties": properties}}
 
@@ -459,18 +462,24 @@ def dense_query_vector(built: BuiltIndexes, query: str) -> list[float]:
 EXPORTERS = {"lucene": export_lucene, "faiss": export_faiss, "milvus": export_milvus}
 
 
-def export(built: BuiltIndexes, target: Path, formats: list[str], force: bool = False, index_name: str = "stillhouse",
-           example_query: str = "", workdir: Path | None = None) -> list[Path]:
-    """Write the chosen exports under ``target`` (one sub-folder per format); return the folders written.
-
-    Everything is written into a staging folder beside ``target`` that replaces it only once complete; a
-    failed export removes its staging folder and leaves ``target`` as it was."""
+def checked_formats(formats: list[str]) -> list[str]:
+    """``formats`` without repeats, each one of ``FORMATS`` (a UserError names the first that is not)."""
     formats = list(dict.fromkeys(formats))
     if not formats:
         raise UserError(f"export --formats: name at least one of {', '.join(FORMATS)}")
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
         raise UserError(f"export --formats: unknown format {unknown[0]!r}; choose from {', '.join(FORMATS)}")
+    return formats
+
+
+def export(built: BuiltIndexes, target: Path, formats: list[str], force: bool = False, index_name: str = "stillhouse",
+           example_query: str = "", workdir: Path | None = None) -> list[Path]:
+    """Write the chosen exports under ``target`` (one sub-folder per format); return the folders written.
+
+    Everything is written into a staging folder beside ``target`` that replaces it only once complete; a
+    failed export removes its staging folder and leaves ``target`` as it was."""
+    formats = checked_formats(formats)
     needs = {"lucene": built.sparse_index, "faiss": built.dense_index}
     for fmt, present in needs.items():
         if fmt in formats and not present:
