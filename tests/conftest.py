@@ -119,7 +119,7 @@ def baseline_run(tmp_path_factory: pytest.TempPathFactory, slice_root: Path) -> 
     """One complete CLI run on the slice (4 shards); later tests compare against it."""
     base = tmp_path_factory.mktemp("baseline")
     config = write_config(base / "run.toml", base / "work", slice_root)
-    result = run_cli("run", str(config))
+    result = run_cli("run", str(config), "--device", "cpu")
     assert result.returncode == 0, result.stderr[-3000:]
     return base / "work"
 

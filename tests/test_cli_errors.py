@@ -85,3 +85,19 @@ def test_version_and_formats_checked_before_anything_is_read(tmp_path: Path) -> 
                      "lucene,solr")
     _assert_one_line_error(result, "export --formats: unknown format 'solr'; choose from lucene, faiss")
     assert not (tmp_path / "out").exists()
+
+
+def test_device_override_is_checked_and_recorded(tmp_path: Path, baseline_run: Path) -> None:
+    """``--device cpu`` (the baseline run's) is what every task's provenance records; a malformed device or a GPU
+    torch cannot see is one error line before anything runs."""
+    import json
+
+    import torch
+
+    records = [json.loads(p.read_text()) for p in baseline_run.glob("*/*/provenance.json")]
+    assert records and all((r["device"], r["precision"]) == ("cpu", "fp32") for r in records)
+    config = str(write_config(tmp_path / "c.toml", tmp_path / "w", tmp_path / "nowhere"))
+    _assert_one_line_error(run_cli("run", config, "--device", "gpu"), "--device gpu: give cpu or cuda:N")
+    if not torch.cuda.is_available():
+        _assert_one_line_error(run_cli("run", config, "--device", "cuda:0"), "--device cuda:0: no such GPU")
+    assert not (tmp_path / "w").exists()

@@ -272,3 +272,18 @@ def test_the_ensemble_column_is_the_weighted_mean_the_students_distil() -> None:
              "margin": np.array([0.5, -0.25]), "cluster": np.array([0, 0])}
     corpus = {d: {"title": d, "text": "t"} for d in ("d1", "d2", "d3")}
     assert student_triples(table, corpus, per_query=0, margin_scale=2.0)["margin"] == [1.0, -0.5]
+
+
+def test_torch_exact_top_k_equals_the_faiss_flat_index() -> None:
+    """The GPU fallback (torch matrix product + topk) answers as FAISS's flat inner-product index; run here on
+    CPU tensors."""
+    from stillhouse.retrievers import faiss_index
+
+    rng = np.random.default_rng(3)
+    docs = rng.normal(size=(500, 32)).astype(np.float32)
+    queries = rng.normal(size=(37, 32)).astype(np.float32)
+    index = faiss_index.build_flat_ip(docs)
+    faiss_scores, faiss_rows = faiss_index.search(index, queries, 10, use_gpu=False)
+    torch_scores, torch_rows = faiss_index.torch_top_k(index, queries, 10, "cpu", batch=16)
+    assert np.array_equal(torch_rows, faiss_rows)
+    assert np.allclose(torch_scores, faiss_scores, atol=1e-5)

@@ -191,8 +191,8 @@ def test_opensearch_bulk_is_valid_and_its_example_query_scores_like_the_pipeline
     assert es == {"type": "dense_vector", "dims": dim, "index": True, "similarity": "dot_product"}
     schema = bulk_schema(dim)
     docs: dict[str, dict] = {}
-    with open(folder / "bulk.ndjson", encoding="utf-8") as handle:
-        lines = handle.read().splitlines()
+    lines = [line for part in sorted(folder.glob("bulk-*.ndjson"))
+             for line in part.read_text(encoding="utf-8").splitlines()]
     for action, source in zip(lines[::2], lines[1::2], strict=True):
         meta = json.loads(action)["index"]
         body = json.loads(source)
@@ -211,6 +211,20 @@ def test_opensearch_bulk_is_valid_and_its_example_query_scores_like_the_pipeline
     knn = np.asarray(example["dense_opensearch"]["query"]["knn"]["dense"]["vector"])
     dense_scores = {d: float(np.dot(knn, body["dense"])) for d, body in docs.items()}
     assert_same_top(runs["dense-student"][first_qid], dense_scores, rel=1e-3)
+
+
+def test_bulk_export_is_split_under_the_size_limit(smoke_run: Path, slice_root: Path, tmp_path: Path) -> None:
+    target = tmp_path / "small"
+    result = run_cli("export", str(SMOKE), "--data-dir", str(slice_root), "--workdir", str(smoke_run), "--to",
+                     str(target), "--formats", "opensearch", "--bulk-mb", "0.2")
+    assert result.returncode == 0, result.stderr[-2000:]
+    parts = sorted((target / "opensearch").glob("bulk-*.ndjson"))
+    assert len(parts) > 1 and all(p.stat().st_size <= 200_000 for p in parts)
+    ids = [json.loads(line)["index"]["_id"] for p in parts for line in p.read_text().splitlines()[::2]]
+    corpus = slice_root / "scifact" / "corpus.jsonl"
+    assert sorted(ids) == sorted(json.loads(line)["_id"] for line in corpus.read_text().splitlines() if line)
+    readme = (target / "opensearch" / "README.md").read_text()
+    assert all(f"`{p.name}`" in readme for p in parts)
 
 
 def test_elasticsearch_mapping_uses_dot_product_only_for_unit_vectors(tmp_path: Path) -> None:

@@ -104,9 +104,14 @@ def _parser() -> argparse.ArgumentParser:
                                                                           f"{', '.join(FORMATS)} (default: all)")
             cmd.add_argument("--force", action="store_true", help="replace an existing target")
             cmd.add_argument("--index-name", default="stillhouse", help="OpenSearch/Elasticsearch index name")
+            cmd.add_argument("--bulk-mb", type=float, default=50.0,
+                             help="OpenSearch/Elasticsearch: split the bulk NDJSON into files of at most this many "
+                                  "MB (default 50; the services refuse requests over 100 MB by default)")
             cmd.add_argument("--example-query", default="", help="query for the example bodies "
                                                                  "(default: the first judged query)")
         if name in ("run", "ablate"):
+            cmd.add_argument("--device", help="cpu, or cuda:N for the N-th GPU only (default: the first visible GPU, "
+                                              "else the CPU); every stage's provenance.json records what it ran on")
             cmd.add_argument("--workers", type=int, default=1, help="Luigi worker processes in this process")
             cmd.add_argument("--scheduler-url", help="central luigid, e.g. http://127.0.0.1:8082 "
                                                       "(default: Luigi's local scheduler)")
@@ -186,7 +191,26 @@ def _failures_since(workdir: Path, since: float) -> list[dict]:
     return found
 
 
+def use_device(device: str | None) -> None:
+    """``--device``: narrow the GPUs this process (and its Luigi workers, trainers included) can see."""
+    if device is None:
+        return
+    if device == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+        return
+    index = device.removeprefix("cuda:")
+    if not device.startswith("cuda:") or not index.isdigit():
+        raise UserError(f"--device {device}: give cpu or cuda:N (N a GPU index)")
+    os.environ["CUDA_VISIBLE_DEVICES"] = index
+    import torch
+
+    if not torch.cuda.is_available():
+        raise UserError(f"--device {device}: no such GPU is visible to torch here; use --device cpu or another "
+                        "index")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    use_device(args.device)
     cfg, workdir, roots = _prepare(args)
     return _build(args, cfg, workdir, roots)
 
@@ -196,6 +220,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     from stillhouse.pipelines.dag import report_task
     from stillhouse.pipelines.tasks.report import AblationReport
 
+    use_device(args.device)
     cfg, workdir, roots = _prepare(args)
     data_dir = Path(roots[0].entries[0]["dataset"]["data_dir"])
     variants = [v.strip() for v in args.variants.split(",") if v.strip()] or default_variants(cfg)
@@ -212,11 +237,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     from stillhouse.retrievers.export import checked_formats, export
 
     formats = checked_formats([f.strip() for f in args.formats.split(",") if f.strip()])  # before reading anything
+    if args.bulk_mb <= 0:
+        raise UserError("export --bulk-mb: give a positive size in MB")
     cfg, workdir, roots = _prepare(args)
     setup_logging(workdir, args.verbose)
     built, first_query = built_indexes(cfg, roots[0])
     for folder in export(built, args.to.expanduser().resolve(), formats, args.force, args.index_name,
-                         args.example_query or first_query, workdir=workdir):
+                         args.example_query or first_query, workdir=workdir, bulk_max_bytes=int(args.bulk_mb * 1e6)):
         print(folder)
     return 0
 

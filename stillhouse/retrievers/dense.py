@@ -13,9 +13,22 @@ log = logging.getLogger(__name__)
 
 
 def pick_device() -> str:
+    """The device every stage runs on: the first visible GPU, else the CPU (``stillhouse run --device`` narrows
+    what is visible through ``CUDA_VISIBLE_DEVICES``, so trainers follow it too)."""
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def device_record() -> dict[str, str]:
+    """What a stage ran on, for its provenance: the device (with the GPU's name) and the precision policy (bf16 on
+    a GPU that supports it, fp32 otherwise)."""
+    import torch
+
+    if pick_device() == "cpu":
+        return {"device": "cpu", "precision": "fp32"}
+    return {"device": f"cuda ({torch.cuda.get_device_name(0)})",
+            "precision": "bf16" if torch.cuda.is_bf16_supported() else "fp32"}
 
 
 def load_sentence_encoder(model_dir: Path, max_seq_length: int | None = None, device: str | None = None,

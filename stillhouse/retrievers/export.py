@@ -4,10 +4,10 @@
   document encoder (to index new documents).
 * ``faiss``: the dense student's FAISS index, the row -> document id map and the student model (to encode
   queries).
-* ``opensearch``: one bulk NDJSON for OpenSearch and Elasticsearch (``sparse`` as ``rank_features``, ``dense`` as
-  ``knn_vector`` / ``dense_vector``, plus title and text), each engine's index mapping, and example query
-  bodies that reproduce the pipeline's scores (a ``rank_feature`` clause per query token boosted by its weight;
-  a k-NN query).
+* ``opensearch``: bulk NDJSON files (each under ``bulk_max_bytes``) for OpenSearch and Elasticsearch (``sparse``
+  as ``rank_features``, ``dense`` as ``knn_vector`` / ``dense_vector``, plus title and text), each engine's
+  index mapping, and example query bodies that reproduce the pipeline's scores (a ``rank_feature`` clause per
+  query token boosted by its weight; a k-NN query).
 * ``milvus``: an embedded Milvus Lite database with a ``dense`` (FLAT, inner product) and a ``sparse``
   (SPARSE_INVERTED_INDEX, inner product) collection, and a ``hybrid`` collection holding both vectors for
   Milvus's ``hybrid_search`` with a ``WeightedRanker``.
@@ -283,16 +283,39 @@ def elasticsearch_linear(hybrid: dict, sparse_vector: dict[str, int], dense_vect
         {"retriever": dense, "weight": hybrid["weights"]["dense"], "normalizer": "minmax"}]}}}
 
 
-def export_opensearch(built: BuiltIndexes, out: Path, index_name: str, example_query: str) -> None:
-    with open(out / "bulk.ndjson", "w", encoding="utf-8") as bulk:
-        for row in documents(built):
+def write_bulk_files(built: BuiltIndexes, out: Path, index_name: str, max_bytes: int) -> list[str]:
+    """The documents as ``_bulk`` NDJSON, split into ``bulk-00001.ndjson``, ... of at most ``max_bytes`` each (the
+    services refuse a request over their limit: 100 MB by default in both); returns the file names."""
+    from tqdm import tqdm
+
+    names: list[str] = []
+    handle = None
+    written = 0
+    try:
+        for row in tqdm(documents(built), desc="bulk documents", unit="doc", mininterval=5):
             source = {"title": row["title"], "text": row["text"]}
             if "sparse" in row:
                 source["sparse"] = {feature_name(t): impact for t, impact in row["sparse"].items()}
             if "dense" in row:
                 source["dense"] = [round(float(x), 7) for x in row["dense"]]
-            bulk.write(json.dumps({"index": {"_index": index_name, "_id": row["id"]}}) + "\n")
-            bulk.write(json.dumps(source) + "\n")
+            pair = (json.dumps({"index": {"_index": index_name, "_id": row["id"]}}) + "\n" + json.dumps(source)
+                    + "\n").encode("utf-8")
+            if handle is None or (written and written + len(pair) > max_bytes):
+                if handle is not None:
+                    handle.close()
+                names.append(f"bulk-{len(names) + 1:05d}.ndjson")
+                handle, written = open(out / names[-1], "wb"), 0
+            handle.write(pair)
+            written += len(pair)
+    finally:
+        if handle is not None:
+            handle.close()
+    return names
+
+
+def export_opensearch(built: BuiltIndexes, out: Path, index_name: str, example_query: str,
+                      bulk_max_bytes: int = 50_000_000) -> None:
+    bulk_files = write_bulk_files(built, out, index_name, bulk_max_bytes)
     for engine in ("opensearch", "elasticsearch"):
         (out / f"{engine}-mapping.json").write_text(json.dumps(opensearch_mapping(built, engine), indent=2))
     examples: dict = {"query": example_query}
@@ -320,7 +343,8 @@ def export_opensearch(built: BuiltIndexes, out: Path, index_name: str, example_q
     (out / "example-queries.json").write_text(json.dumps(examples, indent=2))
     (out / "README.md").write_text(
         f"# OpenSearch / Elasticsearch\n\n1. `PUT /{index_name}` with `opensearch-mapping.json` (or "
-        f"`elasticsearch-mapping.json`).\n2. `POST /_bulk` with `bulk.ndjson` (split it for large corpora).\n"
+        f"`elasticsearch-mapping.json`).\n2. `POST /_bulk` with each of {', '.join(f'`{n}`' for n in bulk_files)} "
+        f"(each under {bulk_max_bytes / 1e6:g} MB, the request limit being 100 MB by default).\n"
         "3. Query with the bodies in `example-queries.json`. Sparse features are integer impacts (weight x 100) "
         "named by vocabulary token, with `%` and `.` percent-escaped (`%25`, `%2E`); a query's boosts are its "
         "tokens' `idf.json` weights x 100, rounded, as in the example.\n" + hybrid_steps)
@@ -474,7 +498,7 @@ def checked_formats(formats: list[str]) -> list[str]:
 
 
 def export(built: BuiltIndexes, target: Path, formats: list[str], force: bool = False, index_name: str = "stillhouse",
-           example_query: str = "", workdir: Path | None = None) -> list[Path]:
+           example_query: str = "", workdir: Path | None = None, bulk_max_bytes: int = 50_000_000) -> list[Path]:
     """Write the chosen exports under ``target`` (one sub-folder per format); return the folders written.
 
     Everything is written into a staging folder beside ``target`` that replaces it only once complete; a
@@ -500,7 +524,7 @@ def export(built: BuiltIndexes, target: Path, formats: list[str], force: bool = 
             folder = staging / fmt
             folder.mkdir()
             if fmt == "opensearch":
-                export_opensearch(built, folder, index_name, example_query)
+                export_opensearch(built, folder, index_name, example_query, bulk_max_bytes)
             else:
                 EXPORTERS[fmt](built, folder)
             write_query_kit(built, folder)

@@ -105,11 +105,14 @@ class StageTask(luigi.Task):
         if self.out_dir.is_dir():  # a twin task (same fingerprint, other parameters) already built it
             log.info("%s: already built -> %s", self.label(), self.out_dir)
             return
+        from stillhouse.retrievers.dense import device_record
+
         started = time.time()
-        log.info("%s: starting -> %s", self.label(), self.out_dir)
+        ran_on = device_record()
+        log.info("%s: starting on %s (%s) -> %s", self.label(), ran_on["device"], ran_on["precision"], self.out_dir)
         with atomic_dir(self.out_dir) as tmp:
             self.build(tmp)
-            write_json_atomic(tmp / "provenance.json", {
+            write_json_atomic(tmp / "provenance.json", {**ran_on,
                 "task": self.task_family, "task_id": self.task_id, "fingerprint": self.fingerprint(),
                 "params": recursively_unfreeze(self.fingerprint_payload()), "host": socket.gethostname(),
                 "pid": os.getpid(),
