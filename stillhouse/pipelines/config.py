@@ -424,7 +424,6 @@ def fingerprinted(section: str, values: Mapping[str, object]) -> dict[str, objec
     return {key: value for key, value in values.items() if key not in inert}
 
 
-
 # The library settings a [generation] table fills, under the config's names where they differ.
 DECODE_NAMES = {"num_queries": "queries_per_doc"}
 SOFT_PROMPT_NAMES = {"epochs": "tune_epochs", "batch_size": "tune_batch_size", "examples_per_prompt": "sptar_examples"}

@@ -21,8 +21,13 @@ def pick_device() -> str:
 
 
 def device_record() -> dict[str, str]:
-    """What a stage ran on, for its provenance: the device (with the GPU's name) and the precision policy (bf16 on
-    a GPU that supports it, fp32 otherwise)."""
+    """What a stage ran on, for its provenance (asked once it has run): the device (with the GPU's name) and the
+    precision policy (bf16 on a GPU that supports it, fp32 otherwise). A process that never imported torch ran
+    nothing on a GPU, so torch is not imported to say so (BM25, data and report stages stay light)."""
+    import sys
+
+    if "torch" not in sys.modules:
+        return {"device": "cpu", "precision": "fp32"}
     import torch
 
     if pick_device() == "cpu":

@@ -108,17 +108,18 @@ class StageTask(luigi.Task):
         from stillhouse.retrievers.dense import device_record
 
         started = time.time()
-        ran_on = device_record()
-        log.info("%s: starting on %s (%s) -> %s", self.label(), ran_on["device"], ran_on["precision"], self.out_dir)
+        log.info("%s: starting -> %s", self.label(), self.out_dir)
         with atomic_dir(self.out_dir) as tmp:
             self.build(tmp)
+            ran_on = device_record()
             write_json_atomic(tmp / "provenance.json", {**ran_on,
                 "task": self.task_family, "task_id": self.task_id, "fingerprint": self.fingerprint(),
                 "params": recursively_unfreeze(self.fingerprint_payload()), "host": socket.gethostname(),
                 "pid": os.getpid(),
                 "seconds": round(time.time() - started, 3), "finished": time.time(),
             })
-        log.info("%s: done in %.1fs", self.label(), time.time() - started)
+        log.info("%s: done in %.1fs on %s (%s)", self.label(), time.time() - started, ran_on["device"],
+                 ran_on["precision"])
 
 
 def read_json(path: Path) -> dict:
