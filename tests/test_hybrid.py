@@ -263,6 +263,8 @@ def test_every_export_carries_the_query_kit_and_the_hybrid(smoke_run: Path, slic
     linear = examples["hybrid_elasticsearch"]["retriever"]["linear"]
     assert [r["normalizer"] for r in linear["retrievers"]] == ["minmax", "minmax"]
     assert [r["weight"] for r in linear["retrievers"]] == [weights["sparse-student"], weights["dense-student"]]
+    sparse_retriever = linear["retrievers"][0]["retriever"]["standard"]["query"]["sparse_vector"]
+    assert sparse_retriever == {"field": "sparse", "query_vector": boosts}
 
 
 @pytest.mark.slow

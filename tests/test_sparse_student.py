@@ -187,8 +187,9 @@ def test_opensearch_bulk_is_valid_and_its_example_query_scores_like_the_pipeline
     mapping = json.loads((folder / "opensearch-mapping.json").read_text())
     assert mapping["mappings"]["properties"]["sparse"] == {"type": "rank_features"}
     dim = mapping["mappings"]["properties"]["dense"]["dimension"]
-    es = json.loads((folder / "elasticsearch-mapping.json").read_text())["mappings"]["properties"]["dense"]
-    assert es == {"type": "dense_vector", "dims": dim, "index": True, "similarity": "dot_product"}
+    es_mapping = json.loads((folder / "elasticsearch-mapping.json").read_text())["mappings"]["properties"]
+    assert es_mapping["dense"] == {"type": "dense_vector", "dims": dim, "index": True, "similarity": "dot_product"}
+    assert es_mapping["sparse"] == {"type": "sparse_vector"}
     schema = bulk_schema(dim)
     docs: dict[str, dict] = {}
     lines = [line for part in sorted(folder.glob("bulk-*.ndjson"))
@@ -205,6 +206,9 @@ def test_opensearch_bulk_is_valid_and_its_example_query_scores_like_the_pipeline
     boosts = {c["rank_feature"]["field"].removeprefix("sparse."): c["rank_feature"]["boost"] for c in clauses}
     # Integer impacts times integer boosts: the impact index's own integer score (the run holds it / 100^2).
     scores = {d: sum(b * body["sparse"].get(f, 0) for f, b in boosts.items()) / 10_000 for d, body in docs.items()}
+    # Each engine's own idiom carries the same weights: OpenSearch neural_sparse, Elasticsearch sparse_vector.
+    assert example["sparse_opensearch_neural"]["query"]["neural_sparse"]["sparse"]["query_tokens"] == boosts
+    assert example["sparse_elasticsearch"]["query"]["sparse_vector"] == {"field": "sparse", "query_vector": boosts}
     first_qid = next(iter(queries))
     assert example["query"] == queries[first_qid]
     assert_same_top(runs["sparse-student"][first_qid], {d: s for d, s in scores.items() if s > 0})

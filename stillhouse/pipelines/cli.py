@@ -113,6 +113,10 @@ def _parser() -> argparse.ArgumentParser:
             cmd.add_argument("--device", help="cpu, or cuda:N for the N-th GPU only (default: the first visible GPU, "
                                               "else the CPU); every stage's provenance.json records what it ran on")
             cmd.add_argument("--workers", type=int, default=1, help="Luigi worker processes in this process")
+            cmd.add_argument("--gpus", default="auto",
+                             help="GPU slots: at most this many model stages run at once, each on its own GPU "
+                                  "(recorded in its provenance.json); auto: one per visible GPU, 0: no slots. "
+                                  "A luigid needs [resources] gpu = the GPUs of all its machines")
             cmd.add_argument("--scheduler-url", help="central luigid, e.g. http://127.0.0.1:8082 "
                                                       "(default: Luigi's local scheduler)")
     find = sub.add_parser("search", help="answer queries with a built retriever or hybrid of CONFIG")
@@ -209,8 +213,20 @@ def use_device(device: str | None) -> None:
                         "index")
 
 
+def use_gpu_slots(gpus: str) -> None:
+    """``--gpus``: the GPU slots of this run (``stillhouse.pipelines.gpu_slots``), after ``--device`` narrowed
+    what is visible."""
+    from stillhouse.pipelines import gpu_slots
+
+    if gpus != "auto" and not gpus.isdigit():
+        raise UserError(f"--gpus {gpus}: give auto or a number of GPU slots (0: none)")
+    devices = gpu_slots.slot_devices(None if gpus == "auto" else int(gpus))
+    gpu_slots.configure(devices)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     use_device(args.device)
+    use_gpu_slots(args.gpus)
     cfg, workdir, roots = _prepare(args)
     return _build(args, cfg, workdir, roots)
 
@@ -221,6 +237,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     from stillhouse.pipelines.tasks.report import AblationReport
 
     use_device(args.device)
+    use_gpu_slots(args.gpus)
     cfg, workdir, roots = _prepare(args)
     data_dir = Path(roots[0].entries[0]["dataset"]["data_dir"])
     variants = [v.strip() for v in args.variants.split(",") if v.strip()] or default_variants(cfg)
@@ -367,6 +384,10 @@ def _build(args: argparse.Namespace, cfg, workdir: Path, roots: list) -> int:
         config.set("worker", "max_keep_alive_idle_duration", "120")
         config.set("core", "rpc-retry-wait", "5")  # an unreachable luigid fails in seconds, not minutes
     log.info("running %s on %s (workdir %s, log %s)", cfg.name, ", ".join(cfg.data.datasets), workdir, log_file)
+    from stillhouse.pipelines.gpu_slots import configured_devices
+
+    if slots := configured_devices():
+        log.info("GPU slots: %s (at most %d model stages at once)", ", ".join(slots), len(slots))
     try:
         result = luigi.build(roots, detailed_summary=True, **settings)
     except luigi.rpc.RPCError as exc:

@@ -4,10 +4,12 @@
   document encoder (to index new documents).
 * ``faiss``: the dense student's FAISS index, the row -> document id map and the student model (to encode
   queries).
-* ``opensearch``: bulk NDJSON files (each under ``bulk_max_bytes``) for OpenSearch and Elasticsearch (``sparse``
-  as ``rank_features``, ``dense`` as ``knn_vector`` / ``dense_vector``, plus title and text), each engine's
-  index mapping, and example query bodies that reproduce the pipeline's scores (a ``rank_feature`` clause per
-  query token boosted by its weight; a k-NN query).
+* ``opensearch``: bulk NDJSON files (each under ``bulk_max_bytes``) for OpenSearch and Elasticsearch, each
+  engine's index mapping (``sparse`` as ``rank_features`` in OpenSearch, ``sparse_vector`` in Elasticsearch;
+  ``dense`` as ``knn_vector`` / ``dense_vector``; title and text), and example query bodies in each engine's
+  idiom that reproduce the pipeline's scores: OpenSearch ``neural_sparse`` with ``query_tokens``, Elasticsearch
+  ``sparse_vector`` with a ``query_vector``, the portable ``rank_feature`` form (a clause per query token
+  boosted by its weight, for a ``rank_features`` field), and each engine's k-NN query.
 * ``milvus``: an embedded Milvus Lite database with a ``dense`` (FLAT, inner product) and a ``sparse``
   (SPARSE_INVERTED_INDEX, inner product) collection, and a ``hybrid`` collection holding both vectors for
   Milvus's ``hybrid_search`` with a ``WeightedRanker``.
@@ -218,7 +220,9 @@ def opensearch_mapping(built: BuiltIndexes, engine: str) -> dict:
     properties: dict = {"title": {"type": "text"}, "text": {"type": "text"}}
     settings: dict = {}
     if built.sparse_index:
-        properties["sparse"] = {"type": "rank_features"}
+        # Elasticsearch's own idiom for learned sparse vectors is the sparse_vector field and query; OpenSearch's is
+        # rank_features (which neural_sparse and rank_feature queries read). Both keep 9 significant bits.
+        properties["sparse"] = {"type": "rank_features" if engine == "opensearch" else "sparse_vector"}
     if built.dense_index:
         dim = dense_dimension(built)
         if engine == "opensearch":
@@ -241,6 +245,13 @@ def sparse_query_body(query_vector: dict[str, int], k: int = 10) -> dict:
     return {"size": k, "query": {"bool": {"should": [
         {"rank_feature": {"field": f"sparse.{feature_name(t)}", "linear": {}, "boost": w}}
         for t, w in query_vector.items()]}}}
+
+
+def elasticsearch_sparse_query(query_vector: dict[str, int]) -> dict:
+    """Elasticsearch's ``sparse_vector`` query with a precomputed ``query_vector`` (no inference in the cluster):
+    its score is the dot product of the query's and the document's weights, the impact index's ``sum_t q_t d_t``."""
+    return {"sparse_vector": {"field": "sparse",
+                              "query_vector": {feature_name(t): w for t, w in query_vector.items()}}}
 
 
 def dense_query_body(vector: list[float], engine: str, k: int = 10) -> dict:
@@ -276,7 +287,7 @@ def elasticsearch_linear(hybrid: dict, sparse_vector: dict[str, int], dense_vect
     """Elasticsearch's ``linear`` retriever: each sub-retriever min-max normalized (``minmax``) and weighted. It
     sums rather than averages; dividing by a constant ranks the same."""
     depth = hybrid["depth"]
-    sparse = {"standard": {"query": sparse_query_body(sparse_vector, depth)["query"]}}
+    sparse = {"standard": {"query": elasticsearch_sparse_query(sparse_vector)}}
     dense = {"knn": {"field": "dense", "query_vector": dense_vector, "k": depth, "num_candidates": depth}}
     return {"size": k, "retriever": {"linear": {"rank_window_size": depth, "retrievers": [
         {"retriever": sparse, "weight": hybrid["weights"]["sparse"], "normalizer": "minmax"},
@@ -324,6 +335,7 @@ def export_opensearch(built: BuiltIndexes, out: Path, index_name: str, example_q
     if sparse_vector is not None:
         examples["sparse"] = sparse_query_body(sparse_vector)
         examples["sparse_opensearch_neural"] = {"size": 10, "query": neural_sparse_query(sparse_vector)}
+        examples["sparse_elasticsearch"] = {"size": 10, "query": elasticsearch_sparse_query(sparse_vector)}
     if dense_vector is not None:
         examples["dense_opensearch"] = dense_query_body(dense_vector, "opensearch")
         examples["dense_elasticsearch"] = dense_query_body(dense_vector, "elasticsearch")
@@ -345,9 +357,11 @@ def export_opensearch(built: BuiltIndexes, out: Path, index_name: str, example_q
         f"# OpenSearch / Elasticsearch\n\n1. `PUT /{index_name}` with `opensearch-mapping.json` (or "
         f"`elasticsearch-mapping.json`).\n2. `POST /_bulk` with each of {', '.join(f'`{n}`' for n in bulk_files)} "
         f"(each under {bulk_max_bytes / 1e6:g} MB, the request limit being 100 MB by default).\n"
-        "3. Query with the bodies in `example-queries.json`. Sparse features are integer impacts (weight x 100) "
-        "named by vocabulary token, with `%` and `.` percent-escaped (`%25`, `%2E`); a query's boosts are its "
-        "tokens' `idf.json` weights x 100, rounded, as in the example.\n" + hybrid_steps)
+        "3. Query with the bodies in `example-queries.json`: `sparse_opensearch_neural` (OpenSearch `neural_sparse`) "
+        "or `sparse` (`rank_feature` clauses) on the OpenSearch mapping, `sparse_elasticsearch` (`sparse_vector`) on "
+        "the Elasticsearch one; `dense_opensearch` / `dense_elasticsearch`. Sparse features are integer impacts "
+        "(weight x 100) named by vocabulary token, with `%` and `.` percent-escaped (`%25`, `%2E`); a query's "
+        "boosts are its tokens' `idf.json` weights x 100, rounded, as in the example.\n" + hybrid_steps)
 
 
 def export_milvus(built: BuiltIndexes, out: Path) -> None:

@@ -62,6 +62,17 @@ class StageTask(luigi.Task):
     # Raised when a code change alters the output while every parameter stays the same (a fixed method detail):
     # it enters the fingerprint (when above 0), so cached outputs of the old code are not reused.
     version: int = 0
+    # Runs a model (encoding, generation, training): holds one GPU slot while it builds, when the run has slots
+    # (``stillhouse.pipelines.gpu_slots``).
+    uses_gpu: bool = False
+
+    @property
+    def resources(self) -> dict[str, int]:
+        """Luigi's resources: one ``gpu`` unit for a model stage when the run has GPU slots, so Luigi runs at most
+        as many model stages at once as there are slots."""
+        from stillhouse.pipelines.gpu_slots import RESOURCE, configured_devices
+
+        return {RESOURCE: 1} if self.uses_gpu and configured_devices() else {}
 
     def fingerprint_payload(self) -> dict:
         params = self.to_str_params(only_significant=True)
@@ -105,21 +116,25 @@ class StageTask(luigi.Task):
         if self.out_dir.is_dir():  # a twin task (same fingerprint, other parameters) already built it
             log.info("%s: already built -> %s", self.label(), self.out_dir)
             return
+        from contextlib import nullcontext
+
+        from stillhouse.pipelines.gpu_slots import gpu_slot
         from stillhouse.retrievers.dense import device_record
 
         started = time.time()
         log.info("%s: starting -> %s", self.label(), self.out_dir)
-        with atomic_dir(self.out_dir) as tmp:
+        with atomic_dir(self.out_dir) as tmp, (gpu_slot(Path(self.workdir)) if self.uses_gpu else nullcontext({})) \
+                as slot:
             self.build(tmp)
             ran_on = device_record()
-            write_json_atomic(tmp / "provenance.json", {**ran_on,
+            write_json_atomic(tmp / "provenance.json", {**ran_on, **slot,
                 "task": self.task_family, "task_id": self.task_id, "fingerprint": self.fingerprint(),
                 "params": recursively_unfreeze(self.fingerprint_payload()), "host": socket.gethostname(),
                 "pid": os.getpid(),
                 "seconds": round(time.time() - started, 3), "finished": time.time(),
             })
-        log.info("%s: done in %.1fs on %s (%s)", self.label(), time.time() - started, ran_on["device"],
-                 ran_on["precision"])
+        log.info("%s: done in %.1fs on %s (%s)%s", self.label(), time.time() - started, ran_on["device"],
+                 ran_on["precision"], f", GPU slot {slot['gpu_slot']}" if slot else "")
 
 
 def read_json(path: Path) -> dict:

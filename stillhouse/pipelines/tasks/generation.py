@@ -111,6 +111,8 @@ class SelectExamples(GenTask):
 class TrainSoftPrompt(GenTask):
     """SPTAR soft prompt (peft PromptTuning on the frozen LM) trained on the tuning pairs."""
 
+    uses_gpu = True
+
     reads = SOFT_KEYS
 
     def requires(self):
@@ -189,6 +191,8 @@ def target_documents(task: GenTask) -> list[tuple[str, str]]:
 class GenerateShard(GenTask):
     """Generated queries for one contiguous shard of the target documents (``rows.jsonl``)."""
 
+    uses_gpu = True
+
     reads = GENERATE_KEYS
     shard = luigi.IntParameter()
 
@@ -218,6 +222,8 @@ class RoundTripRetriever(GenTask):
     """Promptagator's round-trip retriever: the base dense model fine-tuned on the unfiltered generated queries
     of every shard (``model/``, a sentence-transformers folder) and the target corpus indexed with it (``index/``)."""
 
+    uses_gpu = True
+
     reads = ROUNDTRIP_MODEL_KEYS
 
     def requires(self):
@@ -243,6 +249,8 @@ class RoundTripRetriever(GenTask):
 class FilterQueries(GenTask):
     """Label every generated query (copy, degenerate, duplicate, BM25 and dense round-trip ranks) and keep
     those that pass; writes ``queries.parquet`` (loadable with ``datasets``) and ``summary.json``."""
+
+    uses_gpu = True
 
     reads = JUDGE_KEYS
 

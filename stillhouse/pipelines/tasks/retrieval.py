@@ -94,6 +94,8 @@ class ModelTask(CorpusTask):
     hands one (a trained student) and from ``FetchModel(model)`` otherwise; either enters the fingerprint through
     ``requires()``, so the ``model`` string itself does not."""
 
+    uses_gpu = True
+
     model = luigi.Parameter(description="model source string (a name only, when ``model_task`` is given)")
     model_task = UpstreamParameter(default=None, description="what provides the model folder when it is not "
                                                              "FetchModel(model): a trained student")
@@ -164,6 +166,8 @@ class EncodeShard(DenseTask):
 
 class DenseIndex(DenseTask):
     """An exact inner-product FAISS index over every shard, with the row -> doc id map."""
+
+    uses_gpu = False  # merges the shards' vectors: no model
 
     def requires(self):
         return [EncodeShard(workdir=self.workdir, shard=i, **self.encoder_kwargs()) for i in range(self.shards)]

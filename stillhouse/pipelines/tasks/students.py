@@ -30,6 +30,8 @@ class StudentTask(TrainTask):
     killed run resumes from the last one; they are removed once the model is in place.
     """
 
+    uses_gpu = True
+
     reads = STUDENT_KEYS
     student = luigi.DictParameter(description="the student's config section with model roles resolved to sources")
 

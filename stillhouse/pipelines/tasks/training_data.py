@@ -158,6 +158,8 @@ class MineCandidates(TrainTask):
     Output ``pairs.parquet``: query_id, doc_id, positive, judged_relevant, bm25_rank, dense_rank.
     """
 
+    uses_gpu = True
+
     reads = MINE_KEYS
 
     def requires(self):
@@ -215,6 +217,8 @@ class RerankPairs(StageTask):
 class SparseCorpus(CorpusTask):
     """A SPLADE model's vector of every corpus document (``vectors.npz``, SciPy CSR, + ``docids.json``)."""
 
+    uses_gpu = True
+
     model = luigi.Parameter()
     batch_size = luigi.IntParameter(default=32)
     max_seq_length = luigi.IntParameter(default=0)
@@ -257,6 +261,8 @@ def pairs_task(workdir: str, pairs: dict) -> StageTask:
 
 class TeacherScores(StageTask):
     """One teacher's score for every pair of a pair set (``scores.npy``, in ``pairs.parquet`` row order)."""
+
+    uses_gpu = True
 
     pairs = luigi.DictParameter(description="{kind: mined, training} or {kind: rerank, dataset, depth}")
     corpus = luigi.DictParameter()
@@ -348,6 +354,8 @@ class GuideFilter(TrainTask):
     (recall) and the other candidates removed (cost).
     """
 
+    uses_gpu = True
+
     version = 1  # 1: a candidate exactly at the guide threshold is kept, as GISTEmbedLoss keeps it
 
     reads = GUIDE_KEYS
@@ -397,6 +405,8 @@ class EnsembleScores(TrainTask):
 
 class ClusterQueries(TrainTask):
     """TAS topic clusters: spherical k-means over base-model query embeddings (``clusters.json``)."""
+
+    uses_gpu = True
 
     reads = CLUSTER_KEYS
 
