@@ -284,6 +284,11 @@ def test_torch_exact_top_k_equals_the_faiss_flat_index() -> None:
     queries = rng.normal(size=(37, 32)).astype(np.float32)
     index = faiss_index.build_flat_ip(docs)
     faiss_scores, faiss_rows = faiss_index.search(index, queries, 10, use_gpu=False)
-    torch_scores, torch_rows = faiss_index.torch_top_k(index, queries, 10, "cpu", batch=16)
-    assert np.array_equal(torch_rows, faiss_rows)
-    assert np.allclose(torch_scores, faiss_scores, atol=1e-5)
+    placed = faiss_index.ExactSearcher(index, device="cpu")  # the rows held as a tensor, as on a GPU
+    for batch in (16, 1024):
+        torch_scores, torch_rows = faiss_index.torch_top_k(placed.docs, queries, 10, batch=batch)
+        assert np.array_equal(torch_rows, faiss_rows)
+        assert np.allclose(torch_scores, faiss_scores, atol=1e-5)
+    placed_scores, placed_rows = placed.search(queries, 600)
+    assert np.all(np.diff(placed_scores, axis=1) <= 0)  # ranked, best first  # k above the row count: every row, ranked
+    assert placed_rows.shape == (37, 500) and np.array_equal(placed_rows[:, :10], faiss_rows)

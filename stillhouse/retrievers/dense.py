@@ -84,16 +84,14 @@ class DenseSearcher:
         from stillhouse.retrievers import faiss_index
 
         self.model = load_sentence_encoder(model_dir, max_seq_length or None)
-        self.index = faiss_index.load_index(index_dir / "index.faiss")
+        self.index = faiss_index.ExactSearcher(faiss_index.load_index(index_dir / "index.faiss"))
         self.doc_ids = json.loads((index_dir / "docids.json").read_text())
 
     def search(self, queries: dict[str, str], k: int, batch_size: int = 64, progress: bool = False) -> Run:
         """Top-``k`` documents of every query (query id -> text) by inner product."""
-        from stillhouse.retrievers import faiss_index
-
         query_ids = list(queries)
         vectors = encode(self.model, [queries[q] for q in query_ids], batch_size, progress=progress, desc="queries")
-        scores, rows = faiss_index.search(self.index, vectors, k)
+        scores, rows = self.index.search(vectors, k)
         return {qid: {self.doc_ids[r]: float(s) for s, r in zip(scores[i], rows[i], strict=True) if r >= 0}
                 for i, qid in enumerate(query_ids)}
 
