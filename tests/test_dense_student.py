@@ -159,6 +159,26 @@ def test_dense_student_bad_input_is_one_line(tmp_path: Path, slice_root: Path) -
     assert "unknown variant 'no-teachers'" in one_error_line(variant)
     plain = write_config(tmp_path / "plain.toml", tmp_path / "w", slice_root)
     assert "no [dense_student] section" in one_error_line(run_cli("ablate", str(plain)))
+    seeds = run_cli("ablate", str(SMOKE), "--data-dir", str(slice_root), "--seeds", "13,seven")
+    assert one_error_line(seeds) == "error: ablate --seeds 13,seven: give comma-separated integers, e.g. 13,7,42"
+
+
+def test_ablate_seeds_train_one_student_per_seed_and_share_the_configured_one(slice_root: Path) -> None:
+    """``ablate --seeds``: one row per (variant, seed); the configured seed's row is the single-seed run's
+    student (the same retriever spec, so the same cached training task)."""
+    from stillhouse.pipelines.ablation import ablation_rows
+    from stillhouse.pipelines.cli import with_seeds
+    from stillhouse.pipelines.config import load_config
+
+    cfg = load_config(SMOKE)
+    configured = cfg.dense_student.seed
+    seeded, _ = ablation_rows(with_seeds(cfg, f"{configured},7,42"), Path("/unused"), slice_root,
+                              ["full", "random-batches"])
+    students = [(r["name"], r["seed"]) for r in seeded if r["name"].startswith("dense student")]
+    assert students == [(f"dense student: {v}", s) for v in ("full", "random-batches") for s in (configured, 7, 42)]
+    single, _ = ablation_rows(cfg, Path("/unused"), slice_root, ["full"])
+    (alone,) = [r for r in single if r["name"] == "dense student: full"]
+    assert next(r["retriever"] for r in seeded if r.get("seed") == configured) == alone["retriever"]
 
 
 def test_select_rows_spreads_over_each_querys_margins() -> None:

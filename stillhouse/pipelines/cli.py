@@ -96,6 +96,9 @@ def _parser() -> argparse.ArgumentParser:
                                   "for a student with its own teacher_weights)")
             cmd.add_argument("--student", choices=("dense", "sparse"), default="dense",
                              help="which student the variants train (default: dense)")
+            cmd.add_argument("--seeds", default="",
+                             help="comma-separated training seeds, e.g. 13,7,42: every variant trains one student "
+                                  "per seed and its row is the mean +- sd (default: the config's seed or seeds)")
         if name == "export":
             from stillhouse.retrievers.export import FORMATS
 
@@ -231,6 +234,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     return _build(args, cfg, workdir, roots)
 
 
+def with_seeds(cfg, seeds: str):
+    """``ablate --seeds 13,7,42``: both students' ``seeds`` replaced, so each variant trains one student per seed
+    (a seed's training task is shared with any run that trained the same seed)."""
+    if not seeds.strip():
+        return cfg
+    try:
+        chosen = [int(seed) for seed in seeds.split(",") if seed.strip()]
+    except ValueError:
+        raise UserError(f"ablate --seeds {seeds}: give comma-separated integers, e.g. 13,7,42") from None
+    if len(set(chosen)) != len(chosen):
+        raise UserError(f"ablate --seeds {seeds}: a seed is listed twice")
+    from stillhouse.pipelines.config import STUDENT_SECTIONS
+
+    update = {section: getattr(cfg, section).model_copy(update={"seeds": chosen})
+              for section in STUDENT_SECTIONS if getattr(cfg, section) is not None}
+    return cfg.model_copy(update=update)
+
+
 def cmd_ablate(args: argparse.Namespace) -> int:
     from stillhouse.pipelines.ablation import ablation_rows, default_variants
     from stillhouse.pipelines.dag import report_task
@@ -239,6 +260,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     use_device(args.device)
     use_gpu_slots(args.gpus)
     cfg, workdir, roots = _prepare(args)
+    cfg = with_seeds(cfg, args.seeds)
     data_dir = Path(roots[0].entries[0]["dataset"]["data_dir"])
     variants = [v.strip() for v in args.variants.split(",") if v.strip()] or default_variants(cfg)
     rows, skipped = ablation_rows(cfg, workdir, data_dir, variants, student=args.student,
