@@ -227,10 +227,10 @@ def test_seeds_train_one_cached_student_each_and_one_seed_is_the_plain_student(t
 # Keys of a config section that its library settings class does not take: each is read by another task or turned
 # into an input (a model source, the triples, the query weights) before training or decoding.
 READ_ELSEWHERE = {
-    "generation": {"generators", "prompts", "dataset", "examples_dataset", "examples_split", "prompt_examples",
-                   "tune_pairs", "filter_eval_pairs", "filter_groups", "instruction", "max_doc_tokens",
-                   "max_example_doc_tokens", "targets", "max_target_docs", "shards", "roundtrip", "roundtrip_epochs",
-                   "roundtrip_batch_size", "roundtrip_k", "dense_model", "nll_pairs", "seed"},
+    "generation": {"generators", "prompts", "dataset", "examples_dataset", "examples_split", "examples", "instructions",
+                   "prompt_examples", "tune_pairs", "filter_eval_pairs", "filter_groups", "instruction",
+                   "max_doc_tokens", "max_example_doc_tokens", "targets", "max_target_docs", "shards", "roundtrip",
+                   "roundtrip_epochs", "roundtrip_batch_size", "roundtrip_k", "dense_model", "nll_pairs", "seed"},
     "dense_student": {"base_model", "guide_model", "negatives_per_query", "margin_scale", "teacher_weights",
                       "encode_batch_size", "shards", "seeds"},
     "sparse_student": {"base_model", "mlm_head", "mlm_warmup_steps", "mlm_warmup_learning_rate", "idf",

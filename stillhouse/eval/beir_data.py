@@ -143,6 +143,13 @@ def iter_jsonl(path: Path, required: tuple[str, ...]) -> Iterator[tuple[int, dic
             yield lineno, record
 
 
+def load_corpus(folder: Path, report: LoadReport) -> dict[str, dict[str, str]]:
+    """The validated corpus of a BEIR folder alone (a split's queries and judgements not read)."""
+    if not folder.is_dir():
+        raise UserError(f"{folder}: no such data set folder; check --data-dir and the data set name")
+    return _load_corpus(_find(folder, "corpus"), report)
+
+
 def _load_corpus(path: Path, report: LoadReport) -> dict[str, dict[str, str]]:
     corpus: dict[str, dict[str, str]] = {}
     first_line: dict[str, int] = {}

@@ -106,6 +106,12 @@ class GenerationConfig(_Strict):
         None, description="data set whose examples_split gives the labeled examples and SPTAR's tuning set (default: "
                           "the target data set); another data set's examples adapt a corpus with no labels at all")
     examples_split: str = "train"
+    examples: str | None = Field(
+        None, description="a JSONL file of your own labeled pairs instead of a judged split: each line a query and "
+                          "a doc_id of the target corpus, or the document's text (title optional); in file order "
+                          "the first prompt_examples are the prompt examples, the next tune_pairs and "
+                          "filter_eval_pairs SPTAR's tuning and filter sets, the rest held out. A relative path is "
+                          "read from the config file's folder")
     prompt_examples: int = Field(8, ge=1, le=8, description="Promptagator examples (at most 8)")
     sptar_examples: int = Field(_soft.examples_per_prompt, ge=0, le=8, description="example pairs in SPTAR prompts")
     tune_pairs: int = Field(50, ge=1)
@@ -116,6 +122,10 @@ class GenerationConfig(_Strict):
     learning_rate: float = Field(_soft.learning_rate, gt=0)
     tune_batch_size: int = Field(_soft.batch_size, ge=1)
     instruction: str = "Write a search query that the document answers."
+    instructions: dict[str, str] = Field(
+        default_factory=dict, description="data set -> its task description for the Promptagator prompt (default: "
+                                          "instruction), e.g. { cranfield = \"Write the question an aerodynamics "
+                                          "engineer would ask that this report answers.\" }")
     max_doc_tokens: int = Field(256, ge=16)
     max_example_doc_tokens: int = Field(96, ge=16)
     targets: Literal["corpus", "held-out"] = "corpus"
@@ -146,6 +156,8 @@ class GenerationConfig(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> GenerationConfig:
+        if self.examples and self.examples_dataset:
+            raise ValueError("give examples (your own pairs) or examples_dataset (a judged split), not both")
         if self.queries_per_doc > 1 and not self.do_sample:
             raise ValueError("queries_per_doc > 1 needs do_sample = true (greedy decoding gives one query)")
         if "sptar" in self.prompts and self.sptar_examples < 1:
@@ -659,8 +671,15 @@ def load_config(path: Path, datasets: list[str] | None = None) -> RunConfig:
         if unknown:
             raise UserError(f"--datasets: {unknown[0]!r} is not in {path} [data] datasets")
         raw["data"]["datasets"] = list(datasets)
+    generation = raw.get("generation")
+    if isinstance(generation, dict) and isinstance(generation.get("examples"), str):
+        examples = (path.parent / Path(generation["examples"]).expanduser()).resolve()
+        if not examples.is_file():
+            raise UserError(f"{path}: generation.examples: {examples} is not a file; give a JSONL file of your "
+                            "labeled pairs (a path relative to the config's folder, or absolute)")
+        generation["examples"] = str(examples)
     try:
-        return RunConfig.model_validate(raw)
+        cfg = RunConfig.model_validate(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(_user_path(first["loc"], raw))
@@ -670,3 +689,12 @@ def load_config(path: Path, datasets: list[str] | None = None) -> RunConfig:
         elif first["type"] == "missing":
             message = "required key is missing"
         raise UserError(f"{path}: {where or 'config'}: {message}") from None
+    gen = cfg.generation
+    if gen is not None and gen.examples:
+        lines = sum(1 for line in Path(gen.examples).read_text(encoding="utf-8").splitlines() if line.strip())
+        needed = gen.prompt_examples + gen.tune_pairs + gen.filter_eval_pairs
+        if lines < needed:
+            raise UserError(f"{gen.examples}: {lines} examples, but [generation] of {path} needs {needed} "
+                            f"({gen.prompt_examples} prompt, {gen.tune_pairs} tuning, {gen.filter_eval_pairs} "
+                            "filter); add examples or lower prompt_examples, tune_pairs or filter_eval_pairs")
+    return cfg

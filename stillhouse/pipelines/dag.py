@@ -250,8 +250,15 @@ def generation_entries(cfg: RunConfig, data_dir: Path) -> list[dict]:
     assert gen_cfg is not None
     dataset = gen_cfg.dataset or cfg.data.datasets[0]
     examples_dataset = gen_cfg.examples_dataset or dataset
-    base = gen_cfg.model_dump(exclude={"generators", "prompts", "dataset", "examples_dataset", "examples_split"})
-    base["examples_dataset"] = {**dataset_params(cfg, examples_dataset, data_dir), "split": gen_cfg.examples_split}
+    base = gen_cfg.model_dump(exclude={"generators", "prompts", "dataset", "examples_dataset", "examples_split",
+                                       "examples", "instructions"})
+    base["instruction"] = gen_cfg.instructions.get(dataset, gen_cfg.instruction)
+    if gen_cfg.examples:  # the user's own pairs over the target corpus, as its split "examples"
+        base["examples_dataset"] = {**dataset_params(cfg, dataset, data_dir), "split": "examples",
+                                    "examples_file": gen_cfg.examples}
+    else:
+        base["examples_dataset"] = {**dataset_params(cfg, examples_dataset, data_dir),
+                                    "split": gen_cfg.examples_split}
     base["target_dataset"] = (base["examples_dataset"] if gen_cfg.targets == "held-out"
                               else dataset_params(cfg, dataset, data_dir))
     base["dense_model"] = cfg.model_source(gen_cfg.dense_model)

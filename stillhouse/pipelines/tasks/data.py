@@ -21,6 +21,10 @@ class LoadDataset(StageTask):
 
     Output: ``corpus.jsonl``, ``queries.jsonl`` (the split's judged queries), ``qrels/<split>.tsv``
     and ``stats.json`` with the counts found. The fingerprint hashes the source files' bytes.
+
+    With ``examples_file`` (``[generation] examples``), the split (named ``examples``) is the user's labeled pairs
+    from that JSONL file, in file order, over the data set's corpus
+    (``stillhouse.generators.examples.read_examples_file``).
     """
 
     dataset = luigi.Parameter()
@@ -28,6 +32,7 @@ class LoadDataset(StageTask):
     split = luigi.Parameter(default="test")
     download = luigi.BoolParameter(default=False)
     drop_unknown_qrels = luigi.BoolParameter(default=False)
+    examples_file = luigi.Parameter(default="", description="a JSONL file of labeled pairs that is the split")
 
     def label(self) -> str:
         return f"LoadDataset({self.dataset}/{self.split})"
@@ -37,12 +42,16 @@ class LoadDataset(StageTask):
 
     def fingerprint_payload(self) -> dict:
         folder = Path(self.data_dir) / self.dataset
+        wanted = ("corpus",) if self.examples_file else ("corpus", "queries")
         if folder.is_dir():
-            files = sorted(p for p in folder.rglob("*") if p.is_file() and (p.name.startswith(("corpus", "queries"))
+            files = sorted(p for p in folder.rglob("*") if p.is_file() and (p.name.startswith(wanted)
                                                                              or p.name == f"{self.split}.tsv"))
             content = {str(p.relative_to(folder)): file_digest(p) for p in files}
         else:
             content = {"beir-zip-md5": BEIR_MD5.get(self.dataset, "")}
+        if self.examples_file:
+            examples = Path(self.examples_file)
+            content["examples-file"] = file_digest(examples) if examples.is_file() else "missing"
         return {"dataset": self.dataset, "split": self.split, "drop_unknown_qrels": self.drop_unknown_qrels,
                 "content": content}
 
@@ -53,7 +62,8 @@ class LoadDataset(StageTask):
                                                                 if not k.startswith(("queries", "qrels"))}})
 
     def build(self, folder: Path) -> None:
-        data = load_beir(self.source_dir(), self.split, self.dataset, self.drop_unknown_qrels)
+        data = self.examples_split() if self.examples_file else \
+            load_beir(self.source_dir(), self.split, self.dataset, self.drop_unknown_qrels)
         write_beir(data, folder, self.split)
         stats = vars(data.report)
         (folder / "stats.json").write_text(json.dumps(stats, indent=2))
@@ -64,6 +74,20 @@ class LoadDataset(StageTask):
     def load(self):
         """The canonical copy, re-read (fast; already validated)."""
         return load_beir(self.out_dir, self.split, self.dataset)
+
+    def examples_split(self):
+        """The user's examples file as this data set's split: its queries, one judged document each (documents
+        given as text join the corpus)."""
+        from stillhouse.eval.beir_data import BeirDataset, LoadReport, load_corpus
+        from stillhouse.generators.examples import read_examples_file
+
+        report = LoadReport()
+        corpus = load_corpus(self.source_dir(), report)
+        examples = read_examples_file(Path(self.examples_file), corpus, self.dataset)
+        corpus.update(examples.extra_docs)
+        report.documents, report.queries = len(corpus), len(examples.queries)
+        report.judged_queries = report.judgements = len(examples.qrels)
+        return BeirDataset(self.dataset, corpus, examples.queries, examples.qrels, report)
 
 
 def corpus_only_fingerprint(task: StageTask) -> str:

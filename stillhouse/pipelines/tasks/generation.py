@@ -46,7 +46,7 @@ def spec(cls: type[GenTask], gen: dict) -> dict:
         keys = tuple(k for k in keys if k not in SPTAR_ONLY_KEYS)
     if gen.get("roundtrip", "trained") != "trained":
         keys = tuple(k for k in keys if k not in TRAINED_ROUNDTRIP_KEYS)
-    return {key: gen[key] for key in keys}
+    return {key: gen[key] for key in keys if key in gen}
 
 
 class GenTask(StageTask):
@@ -93,11 +93,16 @@ class SelectExamples(GenTask):
         return LoadDataset(workdir=self.workdir, **self.gen["examples_dataset"])
 
     def build(self, folder: Path) -> None:
-        from stillhouse.generators.examples import labeled_pairs, split_examples
+        from stillhouse.generators.examples import labeled_pairs, ordered_split, split_examples
 
         data = self.requires().load()
-        split = split_examples(labeled_pairs(data), self.gen["prompt_examples"], self.gen["tune_pairs"],
-                               self.gen["filter_eval_pairs"], self.gen["seed"])
+        examples_file = self.gen["examples_dataset"].get("examples_file")
+        if examples_file:  # the user's own pairs: roles in file order
+            split = ordered_split(labeled_pairs(data), self.gen["prompt_examples"], self.gen["tune_pairs"],
+                                  self.gen["filter_eval_pairs"], examples_file)
+        else:
+            split = split_examples(labeled_pairs(data), self.gen["prompt_examples"], self.gen["tune_pairs"],
+                                   self.gen["filter_eval_pairs"], self.gen["seed"])
         (folder / "examples.json").write_text(json.dumps(split.to_json(), indent=1))
         log.info("examples: %d prompt, %d tuning, %d filter-eval, %d held out", len(split.prompt),
                  len(split.tune), len(split.filter_eval), len(split.held_out))
