@@ -82,11 +82,19 @@ class StageTask(luigi.Task):
                 params.pop(name, None)
         return params
 
+    def implied_requirements(self) -> list[StageTask]:
+        """Outputs this task reads whose identity its other requirements already carry (the examples every
+        generated shard was prompted with, the candidates an ensemble was scored on). A task lists them in
+        ``requires()`` too, so Luigi builds them first and a work dir copied without them fails before the task
+        runs; the fingerprint leaves them out, since they add nothing to it."""
+        return []
+
     def fingerprint(self) -> str:
         cached = self.__dict__.get("_fingerprint")
         if cached is None:
+            implied = {task.task_id for task in self.implied_requirements()}
             upstream = sorted(self.upstream_fingerprint(task) for task in flatten(self.requires())
-                              if isinstance(task, StageTask))
+                              if isinstance(task, StageTask) and task.task_id not in implied)
             payload = {"task": self.task_family, "own": self.fingerprint_payload(), "upstream": upstream}
             if self.version:
                 payload["version"] = self.version

@@ -270,7 +270,13 @@ class FilterQueries(GenTask):
     def requires(self):
         trained = [self.make(RoundTripRetriever)] if self.gen["roundtrip"] == "trained" else []
         return [*self.shards(), *self.indexes(), self.make(SelectExamples),
-                FetchModel(workdir=self.workdir, source=self.gen["dense_model"]), *trained]
+                FetchModel(workdir=self.workdir, source=self.gen["dense_model"]), *trained,
+                *self.implied_requirements()]
+
+    def implied_requirements(self) -> list[StageTask]:
+        # The target corpus (its identity is in the indexes') and the prompt's examples (in every shard's).
+        setup = [t for t in setup_requirements(self) if isinstance(t, (TrainSoftPrompt, ChooseExamples))]
+        return [LoadDataset(workdir=self.workdir, **self.target()), *setup]
 
     def build(self, folder: Path) -> None:
         from stillhouse.generators.roundtrip import filter_generated
@@ -300,7 +306,12 @@ class QueryGenReport(StageTask):
         return [FilterQueries(workdir=self.workdir, gen=spec(FilterQueries, dict(e))) for e in self.entries]
 
     def requires(self):
-        return self.filters()
+        return [*self.filters(), *self.implied_requirements()]
+
+    def implied_requirements(self) -> list[StageTask]:
+        # Each filter's prompt setup (examples, soft prompt, the LM that scores held-out NLL): in its shards'.
+        setups = {t.task_id: t for task in self.filters() for t in setup_requirements(task)}
+        return list(setups.values())
 
     def fingerprint_payload(self) -> dict:
         return {"nll_pairs": [e["nll_pairs"] for e in self.entries]}

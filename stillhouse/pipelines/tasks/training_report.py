@@ -109,7 +109,13 @@ class TrainingDataReport(TrainTask):
                 for split in t["rerank"]["splits"]]
 
     def requires(self):
-        return [self.make(GuideFilter), self.make(EnsembleScores), self.make(TASTriples), *self.studies()]
+        return [self.make(GuideFilter), self.make(EnsembleScores), self.make(TASTriples), *self.studies(),
+                *self.implied_requirements()]
+
+    def implied_requirements(self) -> list[StageTask]:
+        # The mined candidates and each teacher's scores: both already in the ensemble's fingerprint.
+        return [self.make(EnsembleScores).requires()[0],
+                *(_teacher_task(self, name) for name in self.training["teachers"])]
 
     def build(self, folder: Path) -> None:
         from stillhouse.eval.report import write_training_data_report
