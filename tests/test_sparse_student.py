@@ -217,6 +217,15 @@ def test_opensearch_bulk_is_valid_and_its_example_query_scores_like_the_pipeline
     assert_same_top(runs["dense-student"][first_qid], dense_scores, rel=1e-3)
 
 
+def test_bulk_impacts_are_capped_where_the_services_lose_precision() -> None:
+    """rank_features and sparse_vector keep 9 significant bits: up to 511 every integer impact is stored exactly,
+    512 and above are capped to 511 (feature names escaped as before), and the cap is counted."""
+    from stillhouse.retrievers.export import service_impacts
+
+    impacts, capped = service_impacts({"protein": 10, "a.b": 511, "cell": 512, "dna": 900})
+    assert impacts == {"protein": 10, "a%2Eb": 511, "cell": 511, "dna": 511} and capped == 2
+
+
 def test_bulk_export_is_split_under_the_size_limit(smoke_run: Path, slice_root: Path, tmp_path: Path) -> None:
     target = tmp_path / "small"
     result = run_cli("export", str(SMOKE), "--data-dir", str(slice_root), "--workdir", str(smoke_run), "--to",
@@ -229,6 +238,9 @@ def test_bulk_export_is_split_under_the_size_limit(smoke_run: Path, slice_root: 
     assert sorted(ids) == sorted(json.loads(line)["_id"] for line in corpus.read_text().splitlines() if line)
     readme = (target / "opensearch" / "README.md").read_text()
     assert all(f"`{p.name}`" in readme for p in parts)
+    assert "capped at 511" in readme
+    sparse = json.loads((target / "opensearch" / "manifest.json").read_text())["sparse"]
+    assert sparse["service_max_impact"] == 511 and "9 significant bits" in sparse["service_cap"]
 
 
 def test_elasticsearch_mapping_uses_dot_product_only_for_unit_vectors(tmp_path: Path) -> None:

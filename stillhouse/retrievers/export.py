@@ -159,6 +159,10 @@ def manifest(built: BuiltIndexes) -> dict:
                              "query": "the query's distinct tokens (tokenizer without special tokens), each weighted "
                                       "by idf.json; impacts are round(weight x impact_scale)",
                              "document_impacts": "round(weight x impact_scale), integers",
+                             "service_max_impact": SERVICE_MAX_IMPACT,
+                             "service_cap": "OpenSearch rank_features and Elasticsearch sparse_vector keep 9 "
+                                            "significant bits, so bulk-*.ndjson caps document impacts at "
+                                            "service_max_impact (exact below it); Lucene and Milvus keep them whole",
                              "token_escaping": {"%": "%25", ".": "%2E"}}
     if built.hybrid:
         payload["hybrid"] = {"name": built.hybrid["name"], "normalization": "min_max",
@@ -294,19 +298,34 @@ def elasticsearch_linear(hybrid: dict, sparse_vector: dict[str, int], dense_vect
         {"retriever": dense, "weight": hybrid["weights"]["dense"], "normalizer": "minmax"}]}}}
 
 
-def write_bulk_files(built: BuiltIndexes, out: Path, index_name: str, max_bytes: int) -> list[str]:
+# rank_features and sparse_vector store a feature as a float with 9 significant bits: every integer impact up to 511
+# is stored exactly, a larger one is rounded. The bulk files cap document impacts there, so the service scores them
+# as written (Lucene and Milvus keep the integers whole).
+SERVICE_MAX_IMPACT = 511
+
+
+def service_impacts(impacts: dict[str, int]) -> tuple[dict[str, int], int]:
+    """A document's impacts as the bulk files carry them: feature names escaped, each impact capped at
+    ``SERVICE_MAX_IMPACT``; and how many were capped."""
+    capped = sum(impact > SERVICE_MAX_IMPACT for impact in impacts.values())
+    return {feature_name(t): min(impact, SERVICE_MAX_IMPACT) for t, impact in impacts.items()}, capped
+
+
+def write_bulk_files(built: BuiltIndexes, out: Path, index_name: str, max_bytes: int) -> tuple[list[str], int]:
     """The documents as ``_bulk`` NDJSON, split into ``bulk-00001.ndjson``, ... of at most ``max_bytes`` each (the
-    services refuse a request over their limit: 100 MB by default in both); returns the file names."""
+    services refuse a request over their limit: 100 MB by default in both); returns the file names and how many
+    document impacts were capped (``service_impacts``)."""
     from tqdm import tqdm
 
     names: list[str] = []
     handle = None
-    written = 0
+    written = capped = 0
     try:
         for row in tqdm(documents(built), desc="bulk documents", unit="doc", mininterval=5):
             source = {"title": row["title"], "text": row["text"]}
             if "sparse" in row:
-                source["sparse"] = {feature_name(t): impact for t, impact in row["sparse"].items()}
+                source["sparse"], over = service_impacts(row["sparse"])
+                capped += over
             if "dense" in row:
                 source["dense"] = [round(float(x), 7) for x in row["dense"]]
             pair = (json.dumps({"index": {"_index": index_name, "_id": row["id"]}}) + "\n" + json.dumps(source)
@@ -321,12 +340,15 @@ def write_bulk_files(built: BuiltIndexes, out: Path, index_name: str, max_bytes:
     finally:
         if handle is not None:
             handle.close()
-    return names
+    if capped:
+        log.warning("bulk files: %d document impacts above %d capped to it (rank_features keeps 9 significant bits)",
+                    capped, SERVICE_MAX_IMPACT)
+    return names, capped
 
 
 def export_opensearch(built: BuiltIndexes, out: Path, index_name: str, example_query: str,
                       bulk_max_bytes: int = 50_000_000) -> None:
-    bulk_files = write_bulk_files(built, out, index_name, bulk_max_bytes)
+    bulk_files, capped = write_bulk_files(built, out, index_name, bulk_max_bytes)
     for engine in ("opensearch", "elasticsearch"):
         (out / f"{engine}-mapping.json").write_text(json.dumps(opensearch_mapping(built, engine), indent=2))
     examples: dict = {"query": example_query}
@@ -361,7 +383,9 @@ def export_opensearch(built: BuiltIndexes, out: Path, index_name: str, example_q
         "or `sparse` (`rank_feature` clauses) on the OpenSearch mapping, `sparse_elasticsearch` (`sparse_vector`) on "
         "the Elasticsearch one; `dense_opensearch` / `dense_elasticsearch`. Sparse features are integer impacts "
         "(weight x 100) named by vocabulary token, with `%` and `.` percent-escaped (`%25`, `%2E`); a query's "
-        "boosts are its tokens' `idf.json` weights x 100, rounded, as in the example.\n" + hybrid_steps)
+        "boosts are its tokens' `idf.json` weights x 100, rounded, as in the example. Document impacts are capped "
+        f"at {SERVICE_MAX_IMPACT} (the services keep 9 significant bits; {capped} impacts were capped in this "
+        "export).\n" + hybrid_steps)
 
 
 def export_milvus(built: BuiltIndexes, out: Path) -> None:
