@@ -66,7 +66,7 @@ def test_documents_given_as_text_and_bad_lines(tmp_path: Path, slice_root: Path)
     own = select(config, tmp_path / "w2", slice_root)
     assert (own.prompt[0].doc_id, own.prompt[0].document) == ("example-doc-1", "Mine. A document I wrote.")
     bad_lines = {
-        "not JSON": ([*rows[:2], "{oops", *rows[3:]], f"{path}:3: not JSON"),
+        "not JSON": ([*rows[:2], "{oops", *rows[3:]], f"{path}:3: malformed JSON"),
         "empty query": ([*rows[:4], {"query": " ", "doc_id": pairs[4].doc_id}, *rows[5:]], f"{path}:5: empty query"),
         "unknown id": ([*rows[:1], {"query": "q", "doc_id": "no-such-doc"}, *rows[2:]],
                        f"{path}:2: doc_id 'no-such-doc' is not in the scifact corpus"),

@@ -9,12 +9,11 @@
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from stillhouse.eval.beir_data import BeirDataset
+from stillhouse.eval.beir_data import BeirDataset, iter_jsonl
 from stillhouse.generators.prompts import Example
 from stillhouse.retrievers.errors import UserError
 
@@ -100,16 +99,8 @@ def read_examples_file(path: Path, corpus: dict[str, dict[str, str]], dataset: s
     seen_query: dict[str, int] = {}
     seen_doc: dict[str, int] = {}
     shape = 'each line is {"query": "...", "doc_id": "..."} or {"query": "...", "text": "...", "title": "..."}'
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{path}:{lineno}: not JSON ({exc.msg}); {shape}") from None
-        if not isinstance(row, dict):
-            raise UserError(f"{path}:{lineno}: not a JSON object; {shape}")
-        query = str(row.get("query", "")).strip()
+    for lineno, row in iter_jsonl(path, ("query",)):  # malformed lines: one error naming file and line
+        query = str(row["query"]).strip()
         if not query:
             raise UserError(f"{path}:{lineno}: empty query; {shape}")
         if "doc_id" in row:
