@@ -399,12 +399,7 @@ def _build(args: argparse.Namespace, cfg, workdir: Path, roots: list) -> int:
     started = time.time()
     settings = {"workers": args.workers, "local_scheduler": not args.scheduler_url}
     if args.scheduler_url:
-        settings["scheduler_url"] = args.scheduler_url
-        config = luigi.configuration.get_config()
-        config.set("worker", "keep_alive", "true")
-        config.set("worker", "wait_interval", "1")
-        config.set("worker", "max_keep_alive_idle_duration", "120")
-        config.set("core", "rpc-retry-wait", "5")  # an unreachable luigid fails in seconds, not minutes
+        settings.update(central_scheduler_settings(args.scheduler_url))
     log.info("running %s on %s (workdir %s, log %s)", cfg.name, ", ".join(cfg.data.datasets), workdir, log_file)
     from stillhouse.pipelines.gpu_slots import configured_devices
 
@@ -412,6 +407,8 @@ def _build(args: argparse.Namespace, cfg, workdir: Path, roots: list) -> int:
         log.info("GPU slots: %s (at most %d model stages at once)", ", ".join(slots), len(slots))
     try:
         result = luigi.build(roots, detailed_summary=True, **settings)
+        if args.scheduler_url:
+            result = _wait_for_other_workers(roots, settings, args.scheduler_url, workdir, started, result)
     except luigi.rpc.RPCError as exc:
         raise UserError(f"--scheduler-url {args.scheduler_url}: cannot reach luigid ({exc}); start it with "
                         "`luigid --port PORT` or drop the option to use the local scheduler") from None
@@ -436,6 +433,50 @@ def _build(args: argparse.Namespace, cfg, workdir: Path, roots: list) -> int:
         print((root.out_dir / page).read_text())
         print(f"{link}: {workdir / link} -> {root.out_dir}")
     return 0
+
+
+def central_scheduler_settings(scheduler_url: str) -> dict:
+    """Luigi settings for workers of a central ``luigid``: stay while the DAG has pending tasks (idle at most two
+    minutes), poll every second, and fail in seconds when the scheduler is unreachable."""
+    import luigi.configuration
+
+    config = luigi.configuration.get_config()
+    config.set("worker", "keep_alive", "true")
+    config.set("worker", "wait_interval", "1")
+    config.set("worker", "max_keep_alive_idle_duration", "120")
+    config.set("core", "rpc-retry-wait", "5")
+    return {"scheduler_url": scheduler_url}
+
+
+def _wait_for_other_workers(roots: list, settings: dict, scheduler_url: str, workdir: Path, started: float, result):
+    """Under a central ``luigid``, return only when this DAG is done or failed, as a local run does.
+
+    A Luigi worker with ``keep_alive`` stays while the scheduler holds PENDING tasks of its DAG, but leaves as soon as
+    the rest is RUNNING in another worker (for example the last root), and then reports those tasks as not run. So
+    while another worker runs a task of this DAG, wait; once none does, build again, which runs whatever became
+    pending (a task of a worker that died is failed by ``luigid`` and runnable again). Luigi has no option for this.
+    """
+    import luigi
+    import luigi.rpc
+
+    scheduler = luigi.rpc.RemoteScheduler(scheduler_url)
+    ours = {task.task_id for task in _all_tasks(roots)}
+    rebuilt_idle = False
+    while not all(root.complete() for root in roots):
+        if any(f["task_id"] in ours for f in _failures_since(workdir, started)):
+            break
+        running = ours & set(scheduler.task_list(status="RUNNING", search=None, limit=False))
+        if running:
+            log.info("waiting for %d task(s) of this DAG running in other workers: %s", len(running),
+                     ", ".join(sorted(running)[:3]))
+            rebuilt_idle = False
+            time.sleep(5)
+            continue
+        if rebuilt_idle:  # nothing runs elsewhere and building again did not finish it: report what is left
+            break
+        result = luigi.build(roots, detailed_summary=True, **settings)
+        rebuilt_idle = True
+    return result
 
 
 def _all_tasks(roots) -> list:
