@@ -67,3 +67,8 @@ def write_json_atomic(path: Path, payload: object) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
     os.replace(tmp, path)
+
+
+def folder_bytes(folder: Path) -> int:
+    """Bytes of every file under ``folder`` (an index's size on disk)."""
+    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from stillhouse.eval.beir_data import copy_slice, load_beir, resolve_dataset_dir
+from stillhouse.eval.beir_data import copy_corpus_only, copy_slice, is_corpus_only, load_beir, resolve_dataset_dir
 from stillhouse.retrievers.errors import UserError
 
 
@@ -81,3 +81,36 @@ def test_empty_documents_are_counted(small: Path) -> None:
     with open(small / "corpus.jsonl", "a") as corpus:
         corpus.write('{"_id": "blank", "title": "", "text": "  "}\n')
     assert load_beir(small, "test").report.empty_documents == 1
+
+
+def test_a_corpus_alone_loads_with_no_judgements_and_a_half_folder_is_refused(small: Path) -> None:
+    judged = load_beir(small, "test")
+    shutil.rmtree(small / "qrels")
+    (small / "queries.jsonl").rename(small / "queries.held")
+    assert is_corpus_only(small)
+    alone = load_beir(small, "dev")  # every split of a corpus-only folder is the corpus, unjudged
+    assert (alone.corpus, alone.queries, alone.qrels) == (judged.corpus, {}, {})
+    assert any("corpus-only" in warning for warning in alone.report.warnings)
+    (small / "qrels").mkdir()  # judgements without queries: a broken BEIR folder, not a corpus of one's own
+    assert not is_corpus_only(small)
+    with pytest.raises(UserError, match=r"no queries\.jsonl or queries\.jsonl\.gz"):
+        load_beir(small, "test")
+
+
+def test_a_corpus_of_ones_own_is_cut_with_renamed_ids_and_valid_examples(tmp_path: Path, beir_dir: Path) -> None:
+    from stillhouse.generators.examples import read_examples_file
+
+    source = load_beir(beir_dir / "scifact", "train")
+    documents, pairs = copy_corpus_only(beir_dir / "scifact", tmp_path / "mine", "train", max_docs=300, examples=20)
+    assert (documents, pairs) == (300, 20)
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["corpus.jsonl", "examples.jsonl"]
+    mine = load_beir(tmp_path / "mine", "test")
+    assert list(mine.corpus) == [f"doc-{n:05d}" for n in range(1, 301)]
+    examples = read_examples_file(tmp_path / "mine" / "examples.jsonl", mine.corpus, "mine")  # its own validation
+    assert len(examples.qrels) == 20
+    by_text = {(d["title"], d["text"]): doc_id for doc_id, d in source.corpus.items()}
+    for query_id, docs in examples.qrels.items():  # each example is a real judged pair of the source split
+        (doc,) = docs
+        source_doc = by_text[(mine.corpus[doc]["title"], mine.corpus[doc]["text"])]
+        query = examples.queries[query_id]
+        assert any(source.queries[q] == query and source_doc in judged for q, judged in source.qrels.items())

@@ -125,7 +125,8 @@ def _find(folder: Path, stem: str) -> Path:
     for candidate in (folder / f"{stem}.jsonl", folder / f"{stem}.jsonl.gz"):
         if candidate.is_file():
             return candidate
-    raise UserError(f"{folder}: no {stem}.jsonl or {stem}.jsonl.gz; a BEIR folder needs both corpus and queries")
+    raise UserError(f"{folder}: no {stem}.jsonl or {stem}.jsonl.gz; a BEIR folder needs both corpus and "
+                    "queries (or a corpus alone, without qrels/, for a corpus of your own)")
 
 
 def iter_jsonl(path: Path, required: tuple[str, ...]) -> Iterator[tuple[int, dict]]:
@@ -197,16 +198,31 @@ def _load_qrels(path: Path) -> list[tuple[int, str, str, int]]:
     return rows
 
 
+def is_corpus_only(folder: Path) -> bool:
+    """A folder with a corpus and nothing else of BEIR's layout (no ``queries.jsonl``, no ``qrels/``): your own
+    documents, which the pipeline adapts to but cannot evaluate on."""
+    has = {stem: any((folder / f"{stem}.jsonl{gz}").is_file() for gz in ("", ".gz")) for stem in ("corpus", "queries")}
+    return has["corpus"] and not has["queries"] and not (folder / "qrels").exists()
+
+
+NO_JUDGEMENTS = "no queries or judgements (a corpus-only folder): retrievers are built and searchable, not evaluated"
+
+
 def load_beir(folder: Path, split: str, name: str | None = None, drop_unknown_qrels: bool = False) -> BeirDataset:
     """Load and validate one split of a BEIR folder.
 
     Judgements naming an unknown query or document are an error naming the count and an example,
     unless ``drop_unknown_qrels``, in which case they are dropped and the count is reported.
+    A corpus-only folder (``is_corpus_only``) loads as every split, with no queries and no judgements.
     """
     if not folder.is_dir():
         raise UserError(f"{folder}: no such data set folder; check --data-dir and the data set name")
     report = LoadReport()
     corpus = _load_corpus(_find(folder, "corpus"), report)
+    if is_corpus_only(folder):
+        report.documents = len(corpus)
+        report.warnings.append(NO_JUDGEMENTS)
+        return BeirDataset(name or folder.name, corpus, {}, {}, report)
     all_queries = _load_queries(_find(folder, "queries"))
     qrels_path = folder / "qrels" / f"{split}.tsv"
     qrels: dict[str, dict[str, int]] = {}
@@ -240,11 +256,15 @@ def load_beir(folder: Path, split: str, name: str | None = None, drop_unknown_qr
 
 
 def write_beir(dataset: BeirDataset, folder: Path, split: str) -> None:
-    """Write a data set back in BEIR layout (plain ``corpus.jsonl``) with the split's judged queries."""
-    (folder / "qrels").mkdir(parents=True, exist_ok=True)
+    """Write a data set back in BEIR layout (plain ``corpus.jsonl``) with the split's judged queries (a data set
+    without queries or judgements as a corpus-only folder)."""
+    folder.mkdir(parents=True, exist_ok=True)
     with open(folder / "corpus.jsonl", "w", encoding="utf-8") as out:
         for doc_id, doc in dataset.corpus.items():
             out.write(json.dumps({"_id": doc_id, "title": doc["title"], "text": doc["text"]}) + "\n")
+    if not dataset.queries and not dataset.qrels:
+        return
+    (folder / "qrels").mkdir(exist_ok=True)
     with open(folder / "queries.jsonl", "w", encoding="utf-8") as out:
         for query_id, text in dataset.queries.items():
             out.write(json.dumps({"_id": query_id, "text": text}) + "\n")
@@ -286,3 +306,39 @@ def copy_slice(source: Path, dest: Path, split: str, max_docs: int, max_queries:
                dest, split)
     for name in extra_splits:
         write_qrels({q: splits[name].qrels[q] for q in chosen[name]}, dest / "qrels" / f"{name}.tsv")
+
+
+def copy_corpus_only(source: Path, dest: Path, split: str, max_docs: int, examples: int,
+                     seed: int = 0) -> tuple[int, int]:
+    """A corpus of your own, cut from a BEIR folder to try the few-shot setting end to end: ``corpus.jsonl`` alone
+    (no queries, no qrels: ``is_corpus_only``) with every document renamed ``doc-00001``, ``doc-00002``, ... in corpus
+    order, and ``examples.jsonl`` beside it: ``examples`` judged queries of ``split`` drawn at random (``seed``), each
+    with its first relevant document not already taken, as ``{"query", "doc_id"}`` lines (the ``[generation]
+    examples`` format). The corpus keeps those documents and fills up to ``max_docs`` with others in corpus order;
+    nothing in it names a BEIR id.
+    Returns (documents, examples) written."""
+    import random
+
+    data = load_beir(source, split)
+    pairs: list[tuple[str, str]] = []
+    judged = sorted(data.qrels)
+    random.Random(seed).shuffle(judged)  # BEIR lists queries by id: the first few can share a form (SciFact: digits)
+    for qid in judged:  # one document per example, each document once (read_examples_file's rule)
+        doc = next((d for d, score in data.qrels[qid].items() if score > 0 and d not in {p[1] for p in pairs}), None)
+        if doc is not None and len(pairs) < examples:
+            pairs.append((data.queries[qid], doc))
+    keep = {doc for _, doc in pairs}
+    for doc_id in data.corpus:
+        if len(keep) >= max_docs:
+            break
+        keep.add(doc_id)
+    renamed = {doc_id: f"doc-{n:05d}" for n, doc_id in enumerate((d for d in data.corpus if d in keep), start=1)}
+    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=f".{dest.name}-") as scratch:
+        folder = Path(scratch) / dest.name
+        write_beir(BeirDataset(dest.name, {renamed[d]: data.corpus[d] for d in renamed}, {}, {}, LoadReport()),
+                   folder, split)
+        with open(folder / "examples.jsonl", "w", encoding="utf-8") as out:
+            for query, doc in pairs:
+                out.write(json.dumps({"query": query, "doc_id": renamed[doc]}) + "\n")
+        os.replace(folder, dest)
+    return len(renamed), len(pairs)

@@ -166,9 +166,27 @@ def write_report(rows: list[ResultRow], metric_names: list[str], folder: Path, e
                                                     for r in rows], **(extra or {})}
     (folder / "results.json").write_text(json.dumps(payload, indent=2))
     (folder / "results.md").write_text("# stillhouse evaluation\n\n" + table)
-    for metric in metric_names:
+    for metric in metric_names if rows else []:  # a run on corpora without judgements has nothing to plot
         bar_chart(rows, metric, folder / f"{metric.replace('@', '_at_').lower()}.png")
     return table
+
+
+def unjudged_markdown(built: list[dict]) -> str:
+    """The report's section on retrievers built on corpora without judgements (``Report.unjudged``): why nothing was
+    evaluated there, what each serves, and where the rest of what the run can say without labels is."""
+    from stillhouse.eval.beir_data import NO_JUDGEMENTS
+
+    lines = []
+    for dataset in dict.fromkeys(row["dataset"] for row in built):
+        rows = [[row["retriever"], row["kind"], f"{row['index_bytes'] / 2**20:.1f}",
+                 ", ".join(f"{m} {w:.2f}" for m, w in row["weights"].items()) if "weights" in row else "-"]
+                for row in built if row["dataset"] == dataset]
+        lines += [f"### {dataset}: not evaluated", "", f"{dataset} has {NO_JUDGEMENTS}.", "",
+                  *table_lines(["retriever", "kind", "index MiB", "hybrid weights"], "llrl", rows), ""]
+    lines += ["Without judgements the run still reports what it can: query generation (`generation/generation.md`: "
+              "queries kept, round-trip rates), training data (`training-data/training_data.md`) and each student's "
+              "training log; `stillhouse search CONFIG --queries FILE --timings OUT` measures query latency.", ""]
+    return "\n".join(lines)
 
 
 def training_data_markdown(payload: dict, metrics: list[str]) -> str:

@@ -26,7 +26,6 @@ from stillhouse.eval.report import table_lines
 from stillhouse.generators.lm import load_causal_lm
 from stillhouse.generators.prompts import Example, PromptBuilder
 from stillhouse.generators.query_gen import PromptSetup, held_out_nll
-from stillhouse.retrievers.errors import UserError
 
 COLUMNS = [("nll_per_token", "held-out NLL/token"), ("bm25_top1", "BM25 top-1"), ("dense_top1", "MiniLM top-1"),
            ("copy_rate", "copy"), ("degenerate_rate", "degenerate"), ("kept_rate", "kept"),
@@ -38,7 +37,8 @@ def generation_table(results: list[dict]) -> str:
     """One row per setup; the round trip under the fine-tuned retriever appears when it was run."""
     columns = COLUMNS + (TRAINED_COLUMNS if any("trained_top1" in r for r in results) else [])
     rows = [[f"{r['generator']}", f"{r['prompt']}", f"{r['generated']}",
-             *(f"{r[key]:.3f}" if isinstance(r.get(key), float) else str(r.get(key, "")) for key, _ in columns)]
+             *(f"{r[key]:.3f}" if isinstance(r.get(key), float) else "-" if r.get(key) is None else str(r[key])
+               for key, _ in columns)]
             for r in results]
     return "\n".join(table_lines(["generator", "prompt", "generated", *(title for _, title in columns)],
                                  "llr" + "r" * len(columns), rows))
@@ -48,6 +48,9 @@ def write_generation_report(results: list[dict], folder: Path) -> str:
     table = generation_table(results)
     notes = []
     for r in results:
+        if r.get("nll_per_token") is None:
+            notes.append(f"- {r['generator']} {r['prompt']}: held-out NLL not measured, every labeled pair has a role "
+                         "(prompt, tuning or filter); pairs beyond those roles are held out and measured.")
         if r.get("hard_prompt_nll_per_token") is not None:
             notes.append(f"- {r['generator']} SPTAR soft prompt: held-out NLL/token {r['nll_per_token']:.3f} vs "
                          f"{r['hard_prompt_nll_per_token']:.3f} for the hard prompt with the same examples.")
@@ -77,13 +80,15 @@ class ReportSetup:
 def measure_generation(setups: list[ReportSetup]) -> list[dict]:
     """One report row per setup: its held-out NLL per token (and, for SPTAR, the hard prompt's with the same
     examples) followed by its filter ``summary``. One LM is loaded at a time, reused while the setups in a row
-    share its source. Raises ``UserError`` for a setup without held-out pairs."""
+    share its source. A setup without held-out pairs (a file of exactly the examples its roles need) has no NLL:
+    ``None``."""
     results = []
     loaded: dict[Hashable, object] = {}  # one copy of each generator LM, reused across prompt kinds
     for entry in setups:
         if not entry.held_out:
-            raise UserError("generation report: no held-out train pairs left to measure NLL on; lower "
-                            "prompt_examples, tune_pairs or filter_eval_pairs")
+            results.append({"generator": entry.generator, "prompt": entry.setup.kind, "nll_per_token": None,
+                            "nll_pairs": 0, "hard_prompt_nll_per_token": None, **entry.summary})
+            continue
         if entry.source not in loaded:
             loaded.clear()
             loaded[entry.source] = load_causal_lm(entry.model_dir())

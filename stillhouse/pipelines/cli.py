@@ -149,16 +149,25 @@ def _parser() -> argparse.ArgumentParser:
     cut.add_argument("--extra-splits", default="train", help="comma-separated splits sliced alongside")
     cut.add_argument("--docs", type=int, default=400)
     cut.add_argument("--queries", type=int, default=40)
+    cut.add_argument("--corpus-only", action="store_true",
+                     help="write a corpus of your own instead: corpus.jsonl with ids renamed, no queries or qrels, "
+                          "and examples.jsonl beside it with --queries labeled pairs of --split")
     return parser
 
 
 def cmd_slice(args: argparse.Namespace) -> int:
-    from stillhouse.eval.beir_data import copy_slice
+    from stillhouse.eval.beir_data import copy_corpus_only, copy_slice
 
     if args.target.exists():
         raise UserError(f"{args.target}: already exists; pick a new folder")
     if not any((args.source / name).is_file() for name in ("corpus.jsonl", "corpus.jsonl.gz")):
         raise UserError(f"{args.source}: no corpus.jsonl[.gz]; give a BEIR data set folder")
+    if args.corpus_only:
+        documents, pairs = copy_corpus_only(args.source, args.target, args.split, max_docs=args.docs,
+                                            examples=args.queries)
+        print(f"{args.target}: corpus.jsonl ({documents} documents, ids renamed) and examples.jsonl ({pairs} labeled "
+              f"pairs of {args.split}); no queries or judgements")
+        return 0
     extra = tuple(s for s in args.extra_splits.split(",") if s and (args.source / "qrels" / f"{s}.tsv").is_file())
     copy_slice(args.source, args.target, args.split, max_docs=args.docs, max_queries=args.queries,
                extra_splits=extra)

@@ -62,14 +62,24 @@ def build_report_task(cfg: RunConfig, workdir: Path, data_dir: Path, eval_split:
 
 def report_task(cls: type[Report], workdir: str, entries: list[dict], metrics: list[str], **params) -> Report:
     """A Report (or AblationReport) over ``entries`` ({name, dataset, retriever[, seed, ignore_identical_ids]}):
-    each entry's search task (``search_task``) scored by an Evaluate task, handed to the report in entry order."""
+    each entry's search task (``search_task``) scored by an Evaluate task, handed to the report in entry order.
+    An entry on a corpus-only data set (no judgements) is not evaluated: the report requires its search task, so
+    the retriever is still built (and ``stillhouse search`` and ``export`` serve it), and lists it as unjudged."""
+    from stillhouse.eval.beir_data import is_corpus_only
     from stillhouse.pipelines.tasks.report import Evaluate
 
-    evaluations = [(e["name"], Evaluate(workdir=workdir, dataset=e["dataset"], metrics=metrics,
-                                        search=search_task(workdir, dict(e["dataset"]), dict(e["retriever"])),
-                                        ignore_identical_ids=e.get("ignore_identical_ids", False)))
-                   for e in entries]
-    return cls(workdir=workdir, entries=entries, evaluate=evaluations, metrics=metrics, **params)
+    evaluations, unjudged = [], []
+    entries = [dict(e) for e in entries]
+    for e in entries:
+        search = search_task(workdir, dict(e["dataset"]), dict(e["retriever"]))
+        if is_corpus_only(Path(e["dataset"]["data_dir"]) / e["dataset"]["dataset"]):
+            unjudged.append((e["name"], search))
+            e["judged"] = False
+            continue
+        evaluations.append((e["name"], Evaluate(workdir=workdir, dataset=e["dataset"], metrics=metrics, search=search,
+                                                ignore_identical_ids=e.get("ignore_identical_ids", False))))
+    return cls(workdir=workdir, entries=entries, evaluate=evaluations, metrics=metrics,
+               **({"unjudged": unjudged} if unjudged else {}), **params)
 
 
 def search_task(workdir: str, dataset: dict, spec: dict) -> StageTask:
@@ -311,7 +321,7 @@ def judged_splits(folder: Path, wanted: list[str]) -> list[str]:
     Vaswani) the same config studies the test split alone instead of failing."""
     qrels = folder / "qrels"
     if not qrels.is_dir():
-        return list(wanted)
+        return [] if folder.is_dir() else list(wanted)  # a corpus-only folder judges nothing
     present = [split for split in wanted if (qrels / f"{split}.tsv").is_file()]
     for split in wanted:
         if split not in present:
@@ -410,7 +420,10 @@ def built_indexes(cfg: RunConfig, report: Report):
         sparse_model=sparse_task.fetch_task().model_dir() if sparse_task else None,
         idf=sparse_task.fetch_task().out_dir / "idf.json" if sparse_task else None,
         hybrid=students_hybrid(cfg, report, dataset_name))
-    return built, first_query(dataset.out_dir / "queries.jsonl")
+    query = first_query(dataset.out_dir / "queries.jsonl")
+    if not query and cfg.generation is not None and cfg.generation.examples:  # a corpus without queries
+        query = first_query(Path(cfg.generation.examples), field="query")
+    return built, query
 
 
 def students_hybrid(cfg: RunConfig, report: Report, dataset: str) -> dict | None:
@@ -430,10 +443,13 @@ def students_hybrid(cfg: RunConfig, report: Report, dataset: str) -> dict | None
                                       "sparse": weights[SPARSE_STUDENT] / total}, "depth": task.top_k}
 
 
-def first_query(path: Path) -> str:
-    """The first query of a BEIR ``queries.jsonl`` (read alone, not the whole data set)."""
+def first_query(path: Path, field: str = "text") -> str:
+    """The first query of a BEIR ``queries.jsonl`` (read alone, not the whole data set), or of an examples file
+    (``field="query"``); "" when there is none (a corpus-only data set has no ``queries.jsonl``)."""
     import json
 
+    if not path.is_file():
+        return ""
     with open(path, encoding="utf-8") as handle:
         line = next((line for line in handle if line.strip()), "")
-    return json.loads(line)["text"] if line else ""
+    return json.loads(line)[field] if line else ""

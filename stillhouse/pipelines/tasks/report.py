@@ -48,12 +48,14 @@ class Report(StageTask):
     metrics = luigi.ListParameter()
     baselines = luigi.DictParameter(default={}, description="label -> retriever name each row is tested against "
                                                              "(paired t-test on the first metric)")
+    unjudged = UpstreamMapParameter(default=(), description="each entry on a corpus-only data set: its search task, "
+                                                            "built but not evaluated (entries marked judged: false)")
 
     def evaluations(self) -> list[tuple[str, Evaluate]]:
         return list(self.evaluate)
 
     def requires(self):
-        return [task for _, task in self.evaluations()]
+        return [task for _, task in self.evaluations()] + [task for _, task in self.unjudged]
 
     def fingerprint_payload(self) -> dict:
         # Ordered (name, evaluation) pairs: swapping two retrievers' settings changes the report.
@@ -61,14 +63,19 @@ class Report(StageTask):
                "metrics": list(self.metrics)}
         if self.baselines:
             own["baselines"] = dict(self.baselines)
+        if self.unjudged:
+            own["unjudged"] = [[name, task.fingerprint()] for name, task in self.unjudged]
         return own
+
+    def judged_entries(self) -> list[dict]:
+        return [e for e in self.entries if e.get("judged", True)]
 
     def result_rows(self) -> list[ResultRow]:
         from stillhouse.eval.report import add_evidence, merge_seeds
 
         groups: dict[tuple[str, str], list[ResultRow]] = {}
         primary = self.metrics[0]
-        for entry, (name, task) in zip(self.entries, self.evaluations(), strict=True):
+        for entry, (name, task) in zip(self.judged_entries(), self.evaluations(), strict=True):
             result = json.loads((task.out_dir / "metrics.json").read_text())
             per_query = {q: values[primary] for q, values in result["per_query"].items()}
             row = ResultRow(task.dataset["dataset"], task.dataset["split"], name, result["mean"], result["queries"],
@@ -80,7 +87,28 @@ class Report(StageTask):
         return rows
 
     def build(self, folder: Path) -> None:
-        write_report(self.result_rows(), list(self.metrics), folder)
+        from stillhouse.eval.report import unjudged_markdown
+
+        built = [unjudged_row(name, task) for name, task in self.unjudged]
+        write_report(self.result_rows(), list(self.metrics), folder, {"unjudged": built} if built else None)
+        if built:
+            with open(folder / "results.md", "a", encoding="utf-8") as page:
+                page.write(unjudged_markdown(built))
+
+
+def unjudged_row(name: str, search: StageTask) -> dict:
+    """What the report can say of a retriever built on a corpus without judgements: its data set, the index it
+    serves (files and bytes on disk; a hybrid's members' together) and a hybrid's weights."""
+    from stillhouse.artifacts import folder_bytes
+
+    hybrid = search.task_family == "HybridSearch"
+    indexes = [member.index_task() for member in search.searches().values()] if hybrid else [search.index_task()]
+    row = {"dataset": search.dataset["dataset"], "retriever": name, "kind": search.task_family.removesuffix("Search"),
+           "index_bytes": sum(folder_bytes(index.out_dir) for index in indexes),
+           "indexes": [index.label() for index in indexes]}
+    if hybrid:
+        row["weights"] = search.member_weights()
+    return row
 
 
 class AblationReport(Report):
