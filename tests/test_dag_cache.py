@@ -37,6 +37,15 @@ def test_rerun_redoes_nothing_and_model_change_reruns_only_dense(baseline_run: P
     assert task_outputs(work) == before
     assert "ran 0 of" in again.stderr
 
+    # An intermediate folder deleted once what it fed was built (to save disk): nothing reruns, nothing fails.
+    shard = next(work.glob("EncodeShard/*"))
+    moved = tmp_path / "shard-aside"
+    shard.rename(moved)
+    pruned = run_cli("run", str(config))
+    assert pruned.returncode == 0, pruned.stderr[-2000:]
+    assert "ran 0 of" in pruned.stderr and "1 not needed" in pruned.stderr and not shard.exists()
+    moved.rename(shard)
+
     # The same MiniLM weights through another source: a different model for the DAG.
     model_dir = next(work.glob("FetchModel/*/model"))
     config = write_config(tmp_path / "run.toml", work, slice_root, dense_model=f"path:{model_dir}")

@@ -495,10 +495,13 @@ def _all_tasks(roots) -> list:
 
 
 def _log_work_done(roots, started: float) -> None:
-    """Say how many tasks this run executed (by any worker) and how many were already done."""
-    tasks = _all_tasks(roots)
-    ran = sum(json.loads((t.out_dir / "provenance.json").read_text())["finished"] >= started for t in tasks)
-    log.info("ran %d of %d tasks (%d already done)", ran, len(tasks), len(tasks) - ran)
+    """Say how many tasks this run executed (by any worker) and how many were already done. A task whose output is
+    gone (an intermediate folder deleted once what it fed was built) was not needed: Luigi stops at complete tasks."""
+    records = [t.out_dir / "provenance.json" for t in _all_tasks(roots)]
+    present = [json.loads(path.read_text()) for path in records if path.is_file()]
+    ran = sum(record["finished"] >= started for record in present)
+    log.info("ran %d of %d tasks (%d already done%s)", ran, len(records), len(present) - ran,
+             f", {len(records) - len(present)} not needed" if len(present) < len(records) else "")
 
 
 def _publish(root, workdir: Path, name: str) -> None:
