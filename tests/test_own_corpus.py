@@ -37,6 +37,10 @@ def test_a_corpus_only_folder_runs_to_searchable_exported_students(tmp_path: Pat
     assert {row["retriever"] for row in report["unjudged"]} == RETRIEVERS
     assert all(row["index_bytes"] > 0 for row in report["unjudged"])
     fused = next(row for row in report["unjudged"] if row["retriever"] == "fused-students")
+    for row in report["unjudged"]:  # each student's training is reported: on what, how long
+        trained = row["retriever"] in ("dense-student", "sparse-student")
+        assert ("training" in row) == trained, row["retriever"]
+        assert not trained or (row["training"]["queries"] >= 1 and row["training"]["steps"] >= 1)
     assert sum(fused["weights"].values()) == pytest.approx(1.0)
     page = (work / "report" / "results.md").read_text()
     assert "### my-corpus: not evaluated" in page and "no queries or judgements" in page

@@ -176,17 +176,47 @@ def unjudged_markdown(built: list[dict]) -> str:
     evaluated there, what each serves, and where the rest of what the run can say without labels is."""
     from stillhouse.eval.beir_data import NO_JUDGEMENTS
 
+    def training(row: dict) -> str:
+        if "training" not in row:
+            return "-"
+        t, losses = row["training"], row["training"]["loss_log"]
+        curve = f"; loss {losses[0][1]:.3g} at step {losses[0][0]} -> {losses[-1][1]:.3g} at {losses[-1][0]}" \
+            if losses else ""
+        return f"{t['queries']} queries, {t['triples']} triples, {t['steps']} steps, {t['seconds']:.0f} s{curve}"
+
     lines = []
     for dataset in dict.fromkeys(row["dataset"] for row in built):
         rows = [[row["retriever"], row["kind"], f"{row['index_bytes'] / 2**20:.1f}",
-                 ", ".join(f"{m} {w:.2f}" for m, w in row["weights"].items()) if "weights" in row else "-"]
+                 ", ".join(f"{m} {w:.2f}" for m, w in row["weights"].items()) if "weights" in row else "-",
+                 training(row)]
                 for row in built if row["dataset"] == dataset]
         lines += [f"### {dataset}: not evaluated", "", f"{dataset} has {NO_JUDGEMENTS}.", "",
-                  *table_lines(["retriever", "kind", "index MiB", "hybrid weights"], "llrl", rows), ""]
+                  *table_lines(["retriever", "kind", "index MiB", "hybrid weights", "training"], "llrll", rows), ""]
+    if any(row.get("training", {}).get("loss_log") for row in built):  # plot_training_curves drew them
+        lines += ["![training loss per logged step](training_curves.png)", ""]
     lines += ["Without judgements the run still reports what it can: query generation (`generation/generation.md`: "
-              "queries kept, round-trip rates), training data (`training-data/training_data.md`) and each student's "
-              "training log; `stillhouse search CONFIG --queries FILE --timings OUT` measures query latency.", ""]
+              "queries kept, round-trip rates), training data (`training-data/training_data.md`) and the students' "
+              "training above; `stillhouse search CONFIG --queries FILE --timings OUT` measures query latency.", ""]
     return "\n".join(lines)
+
+
+def plot_training_curves(rows: list[dict], path: Path) -> None:
+    """Each trained student's logged training loss against the step, one panel per student (their losses have
+    different scales: margin-MSE + GISTEmbed for the dense one, margin-MSE + FLOPS for the sparse one)."""
+    curves = [row for row in rows if row["training"]["loss_log"]]
+    if not curves:
+        return
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(curves), figsize=(4.2 * len(curves), 3.2), squeeze=False)
+    for ax, row in zip(axes[0], curves, strict=True):
+        steps, losses = zip(*row["training"]["loss_log"], strict=True)
+        ax.plot(steps, losses, marker="o", markersize=3)
+        ax.set_title(f"{row['retriever']} ({row['dataset']})", fontsize=9)
+        ax.set_xlabel("step")
+        ax.set_ylabel("training loss")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def training_data_markdown(payload: dict, metrics: list[str]) -> str:

@@ -87,18 +87,20 @@ class Report(StageTask):
         return rows
 
     def build(self, folder: Path) -> None:
-        from stillhouse.eval.report import unjudged_markdown
+        from stillhouse.eval.report import plot_training_curves, unjudged_markdown
 
         built = [unjudged_row(name, task) for name, task in self.unjudged]
         write_report(self.result_rows(), list(self.metrics), folder, {"unjudged": built} if built else None)
         if built:
             with open(folder / "results.md", "a", encoding="utf-8") as page:
                 page.write(unjudged_markdown(built))
+            plot_training_curves([row for row in built if row.get("training")], folder / "training_curves.png")
 
 
 def unjudged_row(name: str, search: StageTask) -> dict:
     """What the report can say of a retriever built on a corpus without judgements: its data set, the index it
-    serves (files and bytes on disk; a hybrid's members' together) and a hybrid's weights."""
+    serves (files and bytes on disk; a hybrid's members' together), a hybrid's weights and a student's training
+    (queries, triples, steps, seconds and the logged loss per step, from its ``training.json``)."""
     from stillhouse.artifacts import folder_bytes
 
     hybrid = search.task_family == "HybridSearch"
@@ -108,6 +110,11 @@ def unjudged_row(name: str, search: StageTask) -> dict:
            "indexes": [index.label() for index in indexes]}
     if hybrid:
         row["weights"] = search.member_weights()
+    trained = getattr(search, "model_task", None)  # a student's training task (BM25 and hybrids have none)
+    if trained is not None and (trained.out_dir / "training.json").is_file():  # a student: how its training went
+        log = json.loads((trained.out_dir / "training.json").read_text())
+        row["training"] = {key: log[key] for key in ("queries", "triples", "steps", "seconds", "device")} | {
+            "loss_log": [[entry["step"], entry["loss"]] for entry in log.get("loss_log", []) if "loss" in entry]}
     return row
 
 
