@@ -7,6 +7,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -32,26 +34,32 @@ def _wait_for_port(port: int, timeout: float = 60) -> None:
     raise TimeoutError(f"luigid did not listen on {port}")
 
 
-def test_two_workers_under_luigid_match_single_process(tmp_path: Path, slice_root: Path, baseline_run: Path) -> None:
+@contextmanager
+def running_luigid(folder: Path) -> Iterator[str]:
+    """A real central scheduler on a free local port, its state and logs in ``folder``; yields its URL."""
     port = _free_port()
     luigid = Path(sys.executable).with_name("luigid")
     daemon = subprocess.Popen([str(luigid), "--address", "127.0.0.1", "--port", str(port),
-                               "--state-path", str(tmp_path / "luigid.state"), "--logdir", str(tmp_path)],
+                               "--state-path", str(folder / "luigid.state"), "--logdir", str(folder)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         _wait_for_port(port)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=30)
+
+
+def test_two_workers_under_luigid_match_single_process(tmp_path: Path, slice_root: Path, baseline_run: Path) -> None:
+    with running_luigid(tmp_path) as url:
         work = tmp_path / "work"
         config = write_config(tmp_path / "run.toml", work, slice_root)
-        command = [sys.executable, "-m", "stillhouse", "run", str(config),
-                   "--scheduler-url", f"http://127.0.0.1:{port}"]
+        command = [sys.executable, "-m", "stillhouse", "run", str(config), "--scheduler-url", url]
         workers = [subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                    for _ in range(2)]
         outputs = [w.communicate(timeout=900) for w in workers]
         for worker, (_, err) in zip(workers, outputs, strict=True):
             assert worker.returncode == 0, err[-2000:]
-    finally:
-        daemon.terminate()
-        daemon.wait(timeout=30)
 
     shard_pids = {json.loads(p.read_text())["pid"] for p in work.glob("EncodeShard/*/provenance.json")}
     assert len(shard_pids) == 2, f"encoding shards all ran in one worker: {shard_pids}"
@@ -96,32 +104,24 @@ def test_a_worker_waits_for_a_root_another_worker_is_running(tmp_path: Path) -> 
     spec = importlib.util.spec_from_file_location("slow_root", script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    port = _free_port()
-    luigid = Path(sys.executable).with_name("luigid")
-    daemon = subprocess.Popen([str(luigid), "--address", "127.0.0.1", "--port", str(port),
-                               "--state-path", str(tmp_path / "luigid.state"), "--logdir", str(tmp_path)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        _wait_for_port(port)
-        url = f"http://127.0.0.1:{port}"
-        root = module.SlowRoot(path=str(tmp_path / "root.txt"))
-        other = subprocess.Popen([sys.executable, str(script), url, root.path])
-        scheduler = luigi.rpc.RemoteScheduler(url)
-        deadline = time.time() + 60
-        while root.task_id not in scheduler.task_list(status="RUNNING", search=None, limit=False):
-            assert time.time() < deadline and other.poll() is None, "the other worker never ran the root"
-            time.sleep(0.2)
-        settings = {"workers": 1, "local_scheduler": False, **central_scheduler_settings(url)}
-        started = time.time()
-        result = luigi.build([root], detailed_summary=True, **settings)
-        assert not root.complete(), "Luigi's own worker waited; the race this guards against is gone"
-        _wait_for_other_workers([root], settings, url, tmp_path, started, result)
-        assert root.complete()
-        assert other.wait(timeout=60) == 0
-    finally:
+        with running_luigid(tmp_path) as url:
+            root = module.SlowRoot(path=str(tmp_path / "root.txt"))
+            other = subprocess.Popen([sys.executable, str(script), url, root.path])
+            scheduler = luigi.rpc.RemoteScheduler(url)
+            deadline = time.time() + 60
+            while root.task_id not in scheduler.task_list(status="RUNNING", search=None, limit=False):
+                assert time.time() < deadline and other.poll() is None, "the other worker never ran the root"
+                time.sleep(0.2)
+            settings = {"workers": 1, "local_scheduler": False, **central_scheduler_settings(url)}
+            started = time.time()
+            result = luigi.build([root], detailed_summary=True, **settings)
+            assert not root.complete(), "Luigi's own worker waited; the race this guards against is gone"
+            _wait_for_other_workers([root], settings, url, tmp_path, started, result)
+            assert root.complete()
+            assert other.wait(timeout=60) == 0
+    finally:  # the worker settings central_scheduler_settings put into Luigi's process-wide config
         config = luigi.configuration.get_config()
         for section, option in [("worker", "keep_alive"), ("worker", "wait_interval"),
                                 ("worker", "max_keep_alive_idle_duration"), ("core", "rpc-retry-wait")]:
             config.remove_option(section, option)
-        daemon.terminate()
-        daemon.wait(timeout=30)

@@ -319,26 +319,29 @@ def copy_corpus_only(source: Path, dest: Path, split: str, max_docs: int, exampl
     Returns (documents, examples) written."""
     import random
 
+    from stillhouse.artifacts import atomic_dir
+
     data = load_beir(source, split)
     pairs: list[tuple[str, str]] = []
+    keep: set[str] = set()  # the examples' documents, each taken once (read_examples_file's rule)
     judged = sorted(data.qrels)
     random.Random(seed).shuffle(judged)  # BEIR lists queries by id: the first few can share a form (SciFact: digits)
-    for qid in judged:  # one document per example, each document once (read_examples_file's rule)
-        doc = next((d for d, score in data.qrels[qid].items() if score > 0 and d not in {p[1] for p in pairs}), None)
-        if doc is not None and len(pairs) < examples:
+    for qid in judged:
+        if len(pairs) == examples:
+            break
+        doc = next((d for d, score in data.qrels[qid].items() if score > 0 and d not in keep), None)
+        if doc is not None:
             pairs.append((data.queries[qid], doc))
-    keep = {doc for _, doc in pairs}
+            keep.add(doc)
     for doc_id in data.corpus:
         if len(keep) >= max_docs:
             break
         keep.add(doc_id)
     renamed = {doc_id: f"doc-{n:05d}" for n, doc_id in enumerate((d for d in data.corpus if d in keep), start=1)}
-    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=f".{dest.name}-") as scratch:
-        folder = Path(scratch) / dest.name
+    with atomic_dir(dest) as folder:
         write_beir(BeirDataset(dest.name, {renamed[d]: data.corpus[d] for d in renamed}, {}, {}, LoadReport()),
                    folder, split)
         with open(folder / "examples.jsonl", "w", encoding="utf-8") as out:
             for query, doc in pairs:
                 out.write(json.dumps({"query": query, "doc_id": renamed[doc]}) + "\n")
-        os.replace(folder, dest)
     return len(renamed), len(pairs)

@@ -85,20 +85,17 @@ def measure_generation(setups: list[ReportSetup]) -> list[dict]:
     results = []
     loaded: dict[Hashable, object] = {}  # one copy of each generator LM, reused across prompt kinds
     for entry in setups:
-        if not entry.held_out:
-            results.append({"generator": entry.generator, "prompt": entry.setup.kind, "nll_per_token": None,
-                            "nll_pairs": 0, "hard_prompt_nll_per_token": None, **entry.summary})
-            continue
-        if entry.source not in loaded:
-            loaded.clear()
-            loaded[entry.source] = load_causal_lm(entry.model_dir())
-        lm = loaded[entry.source]
-        nll = held_out_nll(lm, entry.setup, entry.builder(lm.tokenizer), entry.held_out)
-        hard_nll = None
-        if entry.setup.kind == "sptar":  # the hard prompt the soft prompt started from, same examples
-            hard = PromptSetup("promptagator", entry.setup.examples)
-            hard_nll = held_out_nll(lm, hard, entry.builder(lm.tokenizer), entry.held_out).per_token
-        results.append({"generator": entry.generator, "prompt": entry.setup.kind, "nll_per_token": nll.per_token,
+        nll = hard_nll = None
+        if entry.held_out:
+            if entry.source not in loaded:
+                loaded.clear()
+                loaded[entry.source] = load_causal_lm(entry.model_dir())
+            lm = loaded[entry.source]
+            nll = held_out_nll(lm, entry.setup, entry.builder(lm.tokenizer), entry.held_out).per_token
+            if entry.setup.kind == "sptar":  # the hard prompt the soft prompt started from, same examples
+                hard = PromptSetup("promptagator", entry.setup.examples)
+                hard_nll = held_out_nll(lm, hard, entry.builder(lm.tokenizer), entry.held_out).per_token
+        results.append({"generator": entry.generator, "prompt": entry.setup.kind, "nll_per_token": nll,
                         "nll_pairs": len(entry.held_out), "hard_prompt_nll_per_token": hard_nll, **entry.summary})
     return results
 
