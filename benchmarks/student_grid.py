@@ -97,7 +97,11 @@ def load_grid_inputs(args: argparse.Namespace) -> GridInputs:
               for t in (pq.read_table(folder / "triples.parquet") for folder in args.triples)]
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     print(json.dumps({"device": device, "torch": torch.__version__}), flush=True)
-    inputs = GridInputs(dict(params["student"]), dict(params["weights"]), datasets, doc_ids,
+    # The ensemble weights the first triples table was built with (its TASTriples provenance); older student
+    # provenance files carried them beside the student settings.
+    triples_params = json.loads((args.triples[0] / "provenance.json").read_text())["params"]
+    weights = params.get("weights") or triples_params["training"]["weights"]
+    inputs = GridInputs(dict(params["student"]), dict(weights), datasets, doc_ids,
                         [document_text(corpus[d]) for d in doc_ids], tables, device)
     inputs.runs["doc_ids"] = np.asarray(doc_ids)
     for split in splits:

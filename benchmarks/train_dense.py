@@ -21,6 +21,7 @@ import numpy as np
 from benchmarks.student_grid import add_grid_arguments, load_grid_inputs, timed
 from stillhouse.retrievers.dense import encode, load_sentence_encoder
 from stillhouse.retrievers.distill_dense import student_settings, student_triples, train_dense_student
+from stillhouse.retrievers.guide_lookup import guide_vectors
 
 
 def exact_top_k(doc_vectors: np.ndarray, query_vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -39,6 +40,9 @@ def main() -> None:
     add_grid_arguments(parser, "TrainDense", "dense_student", "/tmp/train_dense")
     parser.add_argument("--guide", type=Path, help="the GISTEmbed guide model folder")
     parser.add_argument("--teachers", type=Path, nargs="*", default=[], help="dense models to time over the corpus")
+    parser.add_argument("--guide-index", type=Path,
+                        help="the guide's corpus index folder (index.faiss, docids.json: a DenseIndex output), read "
+                             "by entries with guide_vectors = \"index\"")
     parser.add_argument("--guide-margin", type=float, default=0.0, help="[training] guide_margin")
     parser.add_argument("--encode-batch-size", type=int, default=256)
     args = parser.parse_args()
@@ -60,7 +64,11 @@ def main() -> None:
         settings = student_settings(student, args.guide_margin, args.margin_bins)
         guide = args.guide if student["in_batch_loss"] == "gist" and student["in_batch_weight"] > 0 else None
         out = args.scratch / name
-        stats = train_dense_student(args.base, guide, triples, out / "model", out / "checkpoints", settings)
+        vectors = None
+        if guide and settings.guide_vectors == "index":
+            with timed("guide vectors", grid.stages, name=name, device=grid.device):
+                vectors = guide_vectors(guide, args.guide_index, triples)
+        stats = train_dense_student(args.base, guide, triples, out / "model", out / "checkpoints", settings, vectors)
         grid.record({"stage": "train", "name": name, "settings": student, "seconds": round(stats["seconds"], 2),
                      "steps": stats["steps"], "pairs_per_second": round(stats["pairs_per_second"], 1),
                      "precision": stats["precision"], "train_loss": stats["train_loss"], "device": grid.device})

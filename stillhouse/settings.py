@@ -70,6 +70,10 @@ class DenseStudentSettings:
     margin_bins: int = 10  # [training]
     checkpoint_steps: int = 50
     seed: int = 13
+    # GISTEmbed's frozen guide: "in-loss" runs the guide model on every batch (GISTEmbedLoss as is, texts truncated
+    # to train_max_seq_length); "index" reads the documents' vectors from the guide teacher's corpus index and
+    # encodes each query once (stillhouse.retrievers.guide_lookup).
+    guide_vectors: Literal["in-loss", "index"] = "in-loss"
 
 
 @dataclass(frozen=True)

@@ -312,6 +312,10 @@ class DenseStudentConfig(_Strict):
                                           "in-batch InfoNCE")
     in_batch_weight: float = Field(_dense.in_batch_weight, ge=0)
     temperature: float = Field(_dense.temperature, gt=0, description="in-batch loss temperature (GISTEmbed's default)")
+    guide_vectors: Literal["in-loss", "index"] = Field(
+        _dense.guide_vectors, description="GISTEmbed's frozen guide: in-loss runs the guide model on every batch; "
+                                          "index reads documents' vectors from the guide teacher's corpus index "
+                                          "and encodes each query once")
     checkpoint_steps: int = Field(_dense.checkpoint_steps, ge=1)
     encode_batch_size: int = Field(64, ge=1)
     shards: int = Field(4, ge=1, description="shards of the student's corpus index")
@@ -423,9 +427,9 @@ def inert_settings(section: str, values: Mapping[str, object]) -> set[str]:
             inert.add("mlm_warmup_learning_rate")
     if section == "dense_student":
         if not values.get("in_batch_weight"):
-            inert |= {"in_batch_loss", "temperature", "guide_model"}  # no in-batch loss at all
+            inert |= {"in_batch_loss", "temperature", "guide_model", "guide_vectors"}  # no in-batch loss at all
         elif values.get("in_batch_loss") != "gist":
-            inert.add("guide_model")  # only GISTEmbed runs the guide
+            inert |= {"guide_model", "guide_vectors"}  # only GISTEmbed runs the guide
     return inert
 
 
@@ -530,6 +534,7 @@ class RunConfig(_Strict):
             self.model_source(self.dense_student.base_model, where="dense_student.base_model")
             if self.dense_student.guide_model:
                 self.model_source(self.dense_student.guide_model, where="dense_student.guide_model")
+            self._check_guide_vectors(self.dense_student, self.training)
         if self.sparse_student is not None:
             if self.training is None:
                 raise ValueError("sparse_student needs a [training] section (its triples and teachers)")
@@ -567,6 +572,16 @@ class RunConfig(_Strict):
             if hybrid.weights == f"split:{self.data.split}":
                 raise ValueError(f"hybrid.{name}.weights: {hybrid.weights!r} is the evaluation split; weights are "
                                  "never chosen on it (use a train split or \"examples\")")
+
+    def _check_guide_vectors(self, student: DenseStudentConfig, training: TrainingConfig) -> None:
+        """``guide_vectors = "index"`` reads the guide teacher's corpus index: the in-batch guide must be its model."""
+        if student.guide_vectors != "index" or student.in_batch_loss != "gist" or not student.in_batch_weight:
+            return
+        teacher = training.teachers[training.guide]  # a dense teacher (_check_training)
+        if student.guide_model and self.model_source(student.guide_model, where="dense_student.guide_model") != \
+                self.model_source(teacher.model or "", where=f"training.teachers.{training.guide}.model"):
+            raise ValueError("dense_student.guide_vectors = \"index\" takes the guide teacher's vectors, but "
+                             "dense_student.guide_model names another model: drop guide_model or use \"in-loss\"")
 
     def _check_training(self, training: TrainingConfig) -> None:
         self.model_source(training.base_model, where="training.base_model")

@@ -27,6 +27,7 @@ import itertools
 import logging
 import shutil
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -90,6 +91,7 @@ def student_triples(table: dict[str, np.ndarray], corpus: dict[str, dict[str, st
 
     rows = select_rows(table["query_id"], table["margin"], per_query)
     return {"query_id": table["query_id"][rows].tolist(), "query": table["query"][rows].tolist(),
+            "positive_id": table["positive_id"][rows].tolist(), "negative_id": table["negative_id"][rows].tolist(),
             "positive": [document_text(corpus[d]) for d in table["positive_id"][rows]],
             "negative": [document_text(corpus[d]) for d in table["negative_id"][rows]],
             "margin": (table["margin"][rows] * margin_scale).tolist(),
@@ -155,11 +157,14 @@ def last_complete_checkpoint(checkpoint_dir: Path) -> str | None:
 
 
 def train_dense_student(base_dir: Path, guide_dir: Path | None, triples: dict[str, list], out_dir: Path,
-                        checkpoint_dir: Path, settings: DenseStudentSettings) -> dict:
+                        checkpoint_dir: Path, settings: DenseStudentSettings,
+                        guide_vectors: Mapping[str, np.ndarray] | None = None) -> dict:
     """Train a copy of ``base_dir`` on ``triples`` (columns query_id, query, positive, negative, margin,
     cluster) and save it to ``out_dir`` as a plain sentence-transformers folder; return training stats.
 
     ``checkpoint_dir`` holds the trainer's checkpoints; when it has one, training resumes from it.
+    ``guide_vectors`` (the guide's vector of every training text, ``guide_lookup.guide_vectors``) replaces the
+    guide model in the GISTEmbed loss (``guide_lookup.GuideLookup``): the frozen guide then runs once, not per batch.
     """
     from datasets import Dataset
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
@@ -179,7 +184,11 @@ def train_dense_student(base_dir: Path, guide_dir: Path | None, triples: dict[st
     model.max_seq_length = settings.train_max_seq_length
     on_gpu = model.device.type == "cuda"
     guide = None
-    if settings.in_batch_weight > 0 and settings.in_batch_loss == "gist" and guide_dir is not None:
+    if settings.in_batch_weight > 0 and settings.in_batch_loss == "gist" and guide_vectors is not None:
+        from stillhouse.retrievers.guide_lookup import GuideLookup
+
+        guide = GuideLookup(model, guide_vectors)
+    elif settings.in_batch_weight > 0 and settings.in_batch_loss == "gist" and guide_dir is not None:
         guide = load_sentence_encoder(guide_dir, settings.train_max_seq_length, half=on_gpu)
         guide.eval()
     losses = dense_losses(model, guide, settings, guide_name=guide_dir.name if guide_dir else "guide")
@@ -218,6 +227,7 @@ def train_dense_student(base_dir: Path, guide_dir: Path | None, triples: dict[st
              "train_loss": float(result.training_loss), "seconds": seconds,
              "pairs_per_second": pairs / max(seconds, 1e-9), "device": str(model.device),
              "precision": "bf16" if args.bf16 else "fp32", "losses": {k: w for k, (_, w) in losses.items()},
+             "guide": None if guide is None else "precomputed" if guide_vectors is not None else "in-loss",
              "loss_log": [e for e in trainer.state.log_history if "loss" in e],
              "margins": {"mean": float(np.mean(triples["margin"])), "std": float(np.std(triples["margin"]))}}
     shutil.rmtree(checkpoint_dir, ignore_errors=True)

@@ -16,7 +16,15 @@ import luigi
 from stillhouse.pipelines.config import fingerprinted
 from stillhouse.pipelines.tasks.base import StageTask
 from stillhouse.pipelines.tasks.data import FetchModel, corpus_only_fingerprint
-from stillhouse.pipelines.tasks.training_data import TAS_KEYS, TASTriples, TrainTask, narrow, read_table
+from stillhouse.pipelines.tasks.retrieval import DenseIndex
+from stillhouse.pipelines.tasks.training_data import (
+    TAS_KEYS,
+    TASTriples,
+    TrainTask,
+    narrow,
+    read_table,
+    teacher_dense_index,
+)
 
 log = logging.getLogger("stillhouse")
 
@@ -64,9 +72,15 @@ class TrainDense(StudentTask):
             return None
         return FetchModel(workdir=self.workdir, source=self.student["guide_model"])
 
+    def guide_index(self) -> DenseIndex | None:
+        """The guide teacher's corpus index, when the guide's vectors are read from it (``guide_vectors``)."""
+        if self.guide_task() is None or self.student.get("guide_vectors", "in-loss") != "index":
+            return None
+        return teacher_dense_index(self.workdir, self.corpus(), dict(self.training["guide_teacher"]))
+
     def requires(self):
-        guide = self.guide_task()
-        return [self.triples_task(), self.corpus_task(), self.base_task(), *([guide] if guide else [])]
+        upstream = [self.guide_task(), self.guide_index()]
+        return [self.triples_task(), self.corpus_task(), self.base_task(), *(t for t in upstream if t)]
 
     def fingerprint_payload(self) -> dict:
         # The triples' inputs (the ensemble weights among them) enter through TASTriples upstream; what is read
@@ -75,6 +89,7 @@ class TrainDense(StudentTask):
 
     def build(self, folder: Path) -> None:
         from stillhouse.retrievers.distill_dense import student_settings, student_triples, train_dense_student
+        from stillhouse.retrievers.guide_lookup import guide_vectors
 
         s = dict(self.student)
         table = read_table(self.triples_task().out_dir / "triples.parquet")
@@ -82,9 +97,10 @@ class TrainDense(StudentTask):
                                   s["negatives_per_query"], s["margin_scale"])
         settings = student_settings(s, self.training["guide_margin"], self.training["margin_bins"],
                                     self.training["guide_margin_strategy"])
-        guide = self.guide_task()
+        guide, index = self.guide_task(), self.guide_index()
+        vectors = guide_vectors(guide.model_dir(), index.out_dir, triples) if guide and index else None
         stats = train_dense_student(self.base_task().model_dir(), guide.model_dir() if guide else None, triples,
-                                    folder / "model", self.checkpoint_dir(), settings)
+                                    folder / "model", self.checkpoint_dir(), settings, vectors)
         (folder / "training.json").write_text(json.dumps(stats, indent=2))
 
 

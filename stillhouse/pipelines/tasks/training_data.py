@@ -276,9 +276,7 @@ class TeacherScores(StageTask):
         return pairs_task(self.workdir, dict(self.pairs))
 
     def dense_index(self) -> DenseIndex:
-        t = self.teacher
-        return DenseIndex(workdir=self.workdir, dataset=self.corpus, model=t["model"], shards=t["shards"],
-                          batch_size=t["batch_size"], max_seq_length=t["max_seq_length"])
+        return teacher_dense_index(self.workdir, dict(self.corpus), dict(self.teacher))
 
     def sparse_corpus(self) -> SparseCorpus:
         t = self.teacher
@@ -325,6 +323,12 @@ class TeacherScores(StageTask):
 
     def load(self) -> np.ndarray:
         return np.load(self.out_dir / "scores.npy")
+
+
+def teacher_dense_index(workdir: str, corpus: dict, teacher: dict) -> DenseIndex:
+    """The corpus index of a dense teacher (shared with a dense retriever of the same model and settings)."""
+    return DenseIndex(workdir=workdir, dataset=corpus, model=teacher["model"], shards=teacher["shards"],
+                      batch_size=teacher["batch_size"], max_seq_length=teacher["max_seq_length"])
 
 
 def teacher_documents(task: TeacherScores) -> Callable[[], Any]:
