@@ -66,6 +66,8 @@ def main() -> None:
         out = args.scratch / name
         vectors = None
         if guide and settings.guide_vectors == "index":
+            if args.guide_index is None:
+                parser.error(f"grid entry {name}: guide_vectors = \"index\" needs --guide-index")
             with timed("guide vectors", grid.stages, name=name, device=grid.device):
                 vectors = guide_vectors(guide, args.guide_index, triples)
         stats = train_dense_student(args.base, guide, triples, out / "model", out / "checkpoints", settings, vectors)

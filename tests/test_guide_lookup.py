@@ -52,6 +52,17 @@ def test_precomputed_guide_gives_gistembedloss_its_own_value(minilm_dir: Path, s
     shuffled = dict(zip(table, np.roll(np.stack(list(table.values())), 5, axis=0), strict=True))
     assert abs(_loss(student, GuideLookup(student, shuffled), columns).item() - reference.item()) > 1e-3
 
+    # A left-padding tokenizer whose columns sentence-transformers merges (padded on the right to one width):
+    # every row still finds its own text's vector.
+    from sentence_transformers.base.losses.merged_forward import merge_feature_batches
+
+    student.tokenizer.padding_side = "left"
+    left = GuideLookup(student, table)
+    merged = merge_feature_batches([student.preprocess(columns[1]), student.preprocess(columns[0])])
+    found = left(merged)["sentence_embedding"].numpy()
+    assert np.allclose(found, np.stack([table[t] for t in columns[1] + columns[0]]))
+    student.tokenizer.padding_side = "right"
+
     # A text the table lacks is an error, not a silent zero vector.
     partial = {t: v for t, v in table.items() if t != columns[0][0]}
     with pytest.raises(KeyError, match="1 of 8 texts"):

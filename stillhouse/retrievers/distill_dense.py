@@ -184,6 +184,10 @@ def train_dense_student(base_dir: Path, guide_dir: Path | None, triples: dict[st
     model.max_seq_length = settings.train_max_seq_length
     on_gpu = model.device.type == "cuda"
     guide = None
+    if settings.in_batch_weight > 0 and settings.in_batch_loss == "gist" and settings.guide_vectors == "index" \
+            and guide_vectors is None:
+        raise UserError("dense student: guide_vectors = \"index\" needs the guide's precomputed vectors "
+                        "(guide_lookup.guide_vectors)")
     if settings.in_batch_weight > 0 and settings.in_batch_loss == "gist" and guide_vectors is not None:
         from stillhouse.retrievers.guide_lookup import GuideLookup
 

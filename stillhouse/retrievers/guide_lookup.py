@@ -5,7 +5,7 @@ Fine-tuning", Eq. 2-3) masks every in-batch candidate ``c`` of a query ``q`` who
 positive's, ``cos(g(q), g(c)) > cos(g(q), g(p)) - margin``, out of the InfoNCE denominator. The guide ``g`` is
 frozen, so ``g(x)`` of a training text never changes between steps; sentence-transformers' ``GISTEmbedLoss`` still
 runs it on all three columns of every batch, and with all-mpnet-base-v2 guiding all-MiniLM-L6-v2 that forward
-pass is about half of each CPU training step.
+pass is about 40% of each CPU training step (docs/benchmarks.md).
 
 ``GuideLookup`` is a module that answers the guide's call, ``guide(features)["sentence_embedding"]``, from a table
 of vectors keyed by the student's token ids of each training text, so ``GISTEmbedLoss`` itself computes the loss,
@@ -14,8 +14,8 @@ precomputed guide embeddings, hence this module. Given the guide's embeddings of
 ``GISTEmbedLoss`` with the guide model (tested).
 
 ``guide_vectors`` builds the table the DAG uses: each document's vector read back from the guide teacher's corpus
-index (its full window: the vectors that scored the mined candidates for the guide filter, so mining and the loss
-mask agree), each query encoded once.
+index (its full window: the vectors that scored the mined candidates for the guide filter), each query encoded once
+as the teacher encodes queries (its window; fp16 on a GPU), so the loss masks with the guide scores mining used.
 
 Usage::
 
@@ -44,11 +44,11 @@ log = logging.getLogger(__name__)
 
 
 def _row_keys(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[bytes]:
-    """One key per row: the row's token ids without its padding."""
+    """One key per row: the row's attended token ids, wherever its padding sits (a merged column batch pads the
+    shorter columns on the right whatever side the tokenizer pads)."""
     ids = input_ids.cpu().numpy().astype(np.int64)
-    lengths = attention_mask.cpu().numpy().sum(axis=1)
-    return [row[:length].tobytes() if attention_mask[i, 0] else row[-length:].tobytes()
-            for i, (row, length) in enumerate(zip(ids, lengths, strict=True))]
+    attended = attention_mask.cpu().numpy().astype(bool)
+    return [row[mask].tobytes() for row, mask in zip(ids, attended, strict=True)]
 
 
 class GuideLookup(nn.Module):
@@ -72,7 +72,8 @@ class GuideLookup(nn.Module):
             for offset, key in enumerate(_row_keys(features["input_ids"], features["attention_mask"])):
                 self.rows.setdefault(key, start + offset)
         table = np.stack([np.asarray(vectors[t], dtype=np.float32) for t in texts]) if texts else np.zeros((0, 1))
-        self.register_buffer("table", torch.from_numpy(np.ascontiguousarray(table, dtype=np.float32)))
+        self.register_buffer("table", torch.from_numpy(np.ascontiguousarray(table, dtype=np.float32)),
+                             persistent=False)
 
     @property
     def device(self) -> torch.device:
@@ -87,11 +88,12 @@ class GuideLookup(nn.Module):
         return {**features, "sentence_embedding": self.table[rows]}
 
 
-def guide_vectors(guide_dir: Path, index_dir: Path, triples: Mapping[str, list],
-                  batch_size: int = 64) -> dict[str, np.ndarray]:
+def guide_vectors(guide_dir: Path, index_dir: Path, triples: Mapping[str, list], batch_size: int = 64,
+                  max_seq_length: int = 0) -> dict[str, np.ndarray]:
     """The guide's vector of every text of ``triples`` (``distill_dense.student_triples``: query, positive_id,
     negative_id, positive, negative): each document's read back from the guide's corpus index folder
-    (``index.faiss`` + ``docids.json``), each distinct query encoded once with the guide model in ``guide_dir``."""
+    (``index.faiss`` + ``docids.json``), each distinct query encoded once with the guide model in ``guide_dir`` at
+    the teacher's ``max_seq_length`` (0: the model's own), as ``teachers.dense_pair_scores`` encodes them."""
     from stillhouse.retrievers.dense import encode, load_sentence_encoder
     from stillhouse.retrievers.teachers import index_vectors
 
@@ -103,7 +105,9 @@ def guide_vectors(guide_dir: Path, index_dir: Path, triples: Mapping[str, list],
         raise KeyError(f"guide index {index_dir}: {len(absent)} training documents are not in it, e.g. {absent[0]}")
     table = {documents[d]: stored[d] for d in documents}
     queries = sorted(set(triples["query"]) - set(table))
-    guide = load_sentence_encoder(guide_dir)
+    guide = load_sentence_encoder(guide_dir, max_seq_length or None)
+    if guide.device.type == "cuda":
+        guide = guide.half()
     table.update(zip(queries, encode(guide, queries, batch_size, desc="guide: queries"), strict=True))
     log.info("guide vectors: %d documents from %s, %d queries encoded", len(documents), index_dir, len(queries))
     return table

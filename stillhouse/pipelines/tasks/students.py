@@ -78,6 +78,16 @@ class TrainDense(StudentTask):
             return None
         return teacher_dense_index(self.workdir, self.corpus(), dict(self.training["guide_teacher"]))
 
+    def guide_vectors(self, triples: dict[str, list]) -> dict | None:
+        """The guide's vectors of the training texts, read from its corpus index (``guide_vectors = "index"``)."""
+        from stillhouse.retrievers.guide_lookup import guide_vectors
+
+        guide, index = self.guide_task(), self.guide_index()
+        if guide is None or index is None:
+            return None
+        return guide_vectors(guide.model_dir(), index.out_dir, triples,
+                             max_seq_length=self.training["guide_teacher"]["max_seq_length"])
+
     def requires(self):
         upstream = [self.guide_task(), self.guide_index()]
         return [self.triples_task(), self.corpus_task(), self.base_task(), *(t for t in upstream if t)]
@@ -89,18 +99,15 @@ class TrainDense(StudentTask):
 
     def build(self, folder: Path) -> None:
         from stillhouse.retrievers.distill_dense import student_settings, student_triples, train_dense_student
-        from stillhouse.retrievers.guide_lookup import guide_vectors
-
         s = dict(self.student)
         table = read_table(self.triples_task().out_dir / "triples.parquet")
         triples = student_triples(table, self.corpus_task().load().corpus,
                                   s["negatives_per_query"], s["margin_scale"])
         settings = student_settings(s, self.training["guide_margin"], self.training["margin_bins"],
                                     self.training["guide_margin_strategy"])
-        guide, index = self.guide_task(), self.guide_index()
-        vectors = guide_vectors(guide.model_dir(), index.out_dir, triples) if guide and index else None
+        guide = self.guide_task()
         stats = train_dense_student(self.base_task().model_dir(), guide.model_dir() if guide else None, triples,
-                                    folder / "model", self.checkpoint_dir(), settings, vectors)
+                                    folder / "model", self.checkpoint_dir(), settings, self.guide_vectors(triples))
         (folder / "training.json").write_text(json.dumps(stats, indent=2))
 
 
