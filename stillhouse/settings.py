@@ -74,6 +74,9 @@ class DenseStudentSettings:
     # to train_max_seq_length); "index" reads the documents' vectors from the guide teacher's corpus index and
     # encodes each query once (stillhouse.retrievers.guide_lookup).
     guide_vectors: Literal["in-loss", "index"] = "in-loss"
+    # 1: pair-wise, one (query, positive, negative) triple a row; n > 1: list-wise, a query, its positive and n
+    # negatives a row, margin-MSE over all n margins (stillhouse.retrievers.distill_dense.list_examples).
+    list_size: int = 1
 
 
 @dataclass(frozen=True)

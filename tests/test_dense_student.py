@@ -12,7 +12,7 @@ import pytest
 
 from stillhouse.pipelines.ablation import why_not
 from stillhouse.pipelines.config import load_config
-from stillhouse.retrievers.distill_dense import select_rows
+from stillhouse.retrievers.distill_dense import list_examples, select_rows, training_columns
 from stillhouse.retrievers.tas import tas_balanced_sampler
 
 from .conftest import SMOKE, report_results, run_cli, run_until_then_kill, task_outputs, write_config
@@ -188,6 +188,38 @@ def test_select_rows_spreads_over_each_querys_margins() -> None:
     picked_a = sorted(margins[rows][query_ids[rows] == "a"])
     assert picked_a[0] == 0.0 and picked_a[-1] == 0.9 and len(picked_a) == 4  # both ends of the range kept
     assert (query_ids[rows] == "b").sum() == 2
+
+
+def test_list_examples_hold_each_querys_spread_negatives_hardest_first() -> None:
+    triples = {"query_id": ["a"] * 5 + ["b"], "query": ["qa"] * 5 + ["qb"], "positive": ["pa"] * 5 + ["pb"],
+               "negative": ["n0", "n1", "n2", "n3", "n4", "m0"], "margin": [0.4, 0.0, 0.9, 0.2, 0.6, 0.3],
+               "cluster": [1] * 5 + [2]}
+    examples = list_examples(triples, 3)
+    assert examples["query_id"] == ["a", "b"] and examples["cluster"] == [1, 2]
+    # a: the lowest, the middle and the highest margin of its five, hardest (smallest margin) first.
+    assert [examples[f"negative_{i}"][0] for i in (1, 2, 3)] == ["n1", "n0", "n2"]
+    assert examples["margins"][0] == [0.0, 0.4, 0.9] and examples["margin"][0] == pytest.approx(1.3 / 3)
+    # b has one negative: the list repeats it.
+    assert [examples[f"negative_{i}"][1] for i in (1, 2, 3)] == ["m0"] * 3 and examples["margins"][1] == [0.3] * 3
+    rows, columns = training_columns(triples, 3)
+    assert rows is not triples and list(columns) == ["anchor", "positive", "negative_1", "negative_2", "negative_3",
+                                                     "label"]
+    assert columns["label"][0] == pytest.approx([0.0, 0.4, 0.9])
+    assert training_columns(triples, 1)[1]["label"] == pytest.approx(triples["margin"])
+
+
+def test_list_wise_and_pair_wise_ablation_variants_flip_the_dense_students_objective() -> None:
+    from stillhouse.pipelines.ablation import VARIANTS
+
+    cfg = load_config(SMOKE.parent / "scifact.toml")
+    assert cfg.dense_student.list_size == 1 and cfg.dense_student.negatives_per_query == 16
+    listed = VARIANTS["list-wise"](cfg)
+    assert listed.dense_student.list_size == 7 and why_not(cfg, "list-wise") == ""
+    assert why_not(cfg, "pair-wise") == "the config's dense student is already pair-wise"
+    assert VARIANTS["pair-wise"](listed).dense_student.list_size == 1 and why_not(listed, "pair-wise") == ""
+    assert why_not(cfg, "list-wise", student="sparse") == "it changes the dense student's training only"
+    smoke = load_config(SMOKE)  # 4 negatives kept per query: the list holds 4
+    assert VARIANTS["list-wise"](smoke).dense_student.list_size == 4
 
 
 def test_tas_sampler_factory_survives_the_trainers_checkpoint_pickle() -> None:

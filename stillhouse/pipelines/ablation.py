@@ -79,6 +79,22 @@ def _minilm_mlm(cfg: RunConfig) -> RunConfig:
                 mlm_warmup_steps=student.mlm_warmup_steps or TIED_HEAD_WARMUP_STEPS)
 
 
+LIST_SIZE = 7  # the list-wise variant's negatives per example (fewer when the triples keep fewer per query)
+
+
+def _list_wise(cfg: RunConfig) -> RunConfig:
+    """The dense student list-wise: a query, its positive and ``LIST_SIZE`` negatives an example, margin-MSE over
+    the list, instead of one (query, positive, negative) triple a row."""
+    student = cfg.dense_student
+    assert student is not None
+    return _set(cfg, "dense_student", list_size=min(LIST_SIZE, student.negatives_per_query or LIST_SIZE))
+
+
+def _pair_wise(cfg: RunConfig) -> RunConfig:
+    """The dense student pair-wise: one (query, positive, negative) triple a row."""
+    return _set(cfg, "dense_student", list_size=1)
+
+
 def _real_queries(cfg: RunConfig) -> RunConfig:
     """The upper bound for the generation stage: the judged train queries instead of generated ones."""
     return _set(cfg, "training", queries="split", queries_split="train", positives="all")
@@ -93,11 +109,15 @@ VARIANTS: dict[str, Callable[[RunConfig], RunConfig]] = {
     "ensemble": _ensemble,
     "hard-prompt": _hard_prompt,
     "real-queries": _real_queries,
+    "list-wise": _list_wise,
+    "pair-wise": _pair_wise,
     "plain-flops": _plain_flops,
     "minilm-mlm": _minilm_mlm,
 }
 SPARSE_ONLY = ("plain-flops", "minilm-mlm")
-DENSE_ONLY = ("no-guide-filter",)  # its second half (plain InfoNCE instead of GISTEmbed) is the dense loss
+# no-guide-filter: its second half (plain InfoNCE instead of GISTEmbed) is the dense loss; the sparse student
+# trains pair-wise only.
+DENSE_ONLY = ("no-guide-filter", "list-wise", "pair-wise")
 
 
 def why_not(cfg: RunConfig, variant: str, student: str = "dense", data_dir: Path | None = None) -> str:
@@ -113,7 +133,10 @@ def why_not(cfg: RunConfig, variant: str, student: str = "dense", data_dir: Path
     if variant in SPARSE_ONLY and student != "sparse":
         return "it changes the sparse student only (--student sparse)"
     if variant in DENSE_ONLY and student != "dense":
-        return "it changes the dense student's loss"
+        return "it changes the dense student's training only"
+    if variant in ("list-wise", "pair-wise") and cfg.dense_student is not None and \
+            (cfg.dense_student.list_size > 1) == (variant == "list-wise"):
+        return f"the config's dense student is already {variant}"
     if variant in ("no-consistency-filter", "hard-prompt", "real-queries") and training.queries != "generated":
         return "the config trains on judged queries, not generated ones"
     if variant == "hard-prompt" and training.prompt == "promptagator":

@@ -312,6 +312,9 @@ class DenseStudentConfig(_Strict):
                                           "in-batch InfoNCE")
     in_batch_weight: float = Field(_dense.in_batch_weight, ge=0)
     temperature: float = Field(_dense.temperature, gt=0, description="in-batch loss temperature (GISTEmbed's default)")
+    list_size: int = Field(
+        _dense.list_size, ge=1, description="1: pair-wise triples; n > 1: list-wise examples, a query with its "
+                                           "positive and n scored negatives, margin-MSE over the whole list")
     guide_vectors: Literal["in-loss", "index"] = Field(
         _dense.guide_vectors, description="GISTEmbed's frozen guide: in-loss runs the guide model on every batch; "
                                           "index reads documents' vectors from the guide teacher's corpus index "
@@ -331,6 +334,9 @@ class DenseStudentConfig(_Strict):
         _check_seeds(self)
         if self.margin_mse_weight == 0 and self.in_batch_weight == 0:
             raise ValueError("margin_mse_weight and in_batch_weight are both 0: give one a positive weight")
+        if self.negatives_per_query and self.list_size > self.negatives_per_query:
+            raise ValueError(f"list_size {self.list_size} is more than negatives_per_query "
+                             f"{self.negatives_per_query}: a list holds negatives the triples keep")
         return self
 
 

@@ -12,6 +12,11 @@ Two losses on the same (query, positive, negative) batches, weights configurable
   (absolute: ``G(q, c) > G(q, p) - margin``; relative: ``G(q, c) > G(q, p) - |G(q, p)| * margin``), the
   same rule the mining filter applied (``stillhouse.retrievers.guide``).
 
+List-wise (``list_size = n > 1``, Hofstätter et al.'s margin-MSE summed over a list, as in their TAS-Balanced
+training of several negatives per query): an example is a query, its positive and n mined negatives spread over
+its margin ranking; the loss is ``mean_i (M_s(q, p) - M_s(q, n_i) - (M_t(q, p) - M_t(q, n_i)))^2`` over the list
+(``MarginMSELoss`` with n negative columns), and GISTEmbed reads the hardest negative of the list.
+
 Batches come from the TAS-Balanced sampler (``stillhouse.retrievers.tas``): one topic cluster per batch,
 negatives drawn uniformly over teacher-margin bins; ``sampler = "random"`` is the ablation (one
 uniformly random triple per query, batches across all clusters). Checkpoints go to a folder that
@@ -45,20 +50,24 @@ log = logging.getLogger(__name__)
 
 
 class WeightedLossSum(nn.Module):
-    """``sum_i w_i L_i(batch)`` over sentence-transformers losses that read the same columns."""
+    """``sum_i w_i L_i(batch)`` over sentence-transformers losses that read the same batch; ``columns`` caps the
+    columns a loss reads (GISTEmbed takes anchor, positive and one negative of a list-wise example)."""
 
-    def __init__(self, model, losses: dict[str, tuple[nn.Module, float]]) -> None:
+    def __init__(self, model, losses: dict[str, tuple[nn.Module, float]],
+                 columns: dict[str, int] | None = None) -> None:
         super().__init__()
         self.model = model
         self.parts = nn.ModuleDict({name: loss for name, (loss, _) in losses.items()})
         self.weights = {name: weight for name, (_, weight) in losses.items()}
+        self.columns = dict(columns or {})
 
     def forward(self, sentence_features, labels):
         features = list(sentence_features)
         total = None
         for name, loss in self.parts.items():
             # Each loss gets its own shallow copies: models write their outputs into the dicts they are given.
-            value = self.weights[name] * loss([dict(f) for f in features], labels)
+            read = features[:self.columns[name]] if name in self.columns else features
+            value = self.weights[name] * loss([dict(f) for f in read], labels)
             total = value if total is None else total + value
         return total
 
@@ -96,6 +105,36 @@ def student_triples(table: dict[str, np.ndarray], corpus: dict[str, dict[str, st
             "negative": [document_text(corpus[d]) for d in table["negative_id"][rows]],
             "margin": (table["margin"][rows] * margin_scale).tolist(),
             "cluster": table["cluster"][rows].tolist()}
+
+
+def list_examples(triples: dict[str, list], list_size: int) -> dict[str, list]:
+    """One list-wise example per query from ``student_triples`` rows: its query, its first row's positive, and
+    ``list_size`` negatives spread evenly over its margin ranking (``select_rows``; the hardest first), cycled when
+    the query has fewer; ``margins`` holds each negative's ensemble margin ``S(q, p) - S(q, n_i)`` and ``margin``
+    their mean (what the TAS-Balanced sampler bins).
+
+    Columns: query_id, query, positive, negative_1 .. negative_<list_size>, margins, margin, cluster.
+    """
+    query_ids = np.asarray(triples["query_id"])
+    margins = np.asarray(triples["margin"], dtype=np.float64)
+    rows_by_query: dict[str, list[int]] = {}
+    for row in select_rows(query_ids, margins, list_size):
+        rows_by_query.setdefault(str(query_ids[row]), []).append(int(row))
+    out: dict[str, list] = {"query_id": [], "query": [], "positive": [], "margins": [], "margin": [], "cluster": [],
+                            **{f"negative_{i + 1}": [] for i in range(list_size)}}
+    for query, rows in rows_by_query.items():
+        rows = sorted(rows, key=lambda r: margins[r])
+        picked = [rows[i % len(rows)] for i in range(list_size)]
+        first = rows[0]
+        out["query_id"].append(query)
+        out["query"].append(triples["query"][first])
+        out["positive"].append(triples["positive"][first])
+        out["cluster"].append(triples["cluster"][first])
+        for i, row in enumerate(picked):
+            out[f"negative_{i + 1}"].append(triples["negative"][row])
+        out["margins"].append([float(margins[r]) for r in picked])
+        out["margin"].append(float(np.mean(out["margins"][-1])))
+    return out
 
 
 def student_settings(student: dict, guide_margin: float, margin_bins: int,
@@ -156,6 +195,20 @@ def last_complete_checkpoint(checkpoint_dir: Path) -> str | None:
     return None
 
 
+def training_columns(triples: dict[str, list], list_size: int) -> tuple[dict[str, list], dict[str, list]]:
+    """The examples (query_id, cluster, margin per example, for the sampler) and the trainer's dataset columns:
+    pair-wise (``list_size`` 1) one (anchor, positive, negative) row per triple with its margin as the label;
+    list-wise (``list_examples``) anchor, positive, negative_1 .. negative_n with the n margins as the label, which
+    sentence-transformers' ``MarginMSELoss`` reads as one margin per negative column."""
+    if list_size <= 1:
+        return triples, {"anchor": triples["query"], "positive": triples["positive"], "negative": triples["negative"],
+                         "label": np.asarray(triples["margin"], dtype=np.float32).tolist()}
+    examples = list_examples(triples, list_size)
+    negatives = {f"negative_{i + 1}": examples[f"negative_{i + 1}"] for i in range(list_size)}
+    return examples, {"anchor": examples["query"], "positive": examples["positive"], **negatives,
+                      "label": np.asarray(examples["margins"], dtype=np.float32).tolist()}
+
+
 def train_dense_student(base_dir: Path, guide_dir: Path | None, triples: dict[str, list], out_dir: Path,
                         checkpoint_dir: Path, settings: DenseStudentSettings,
                         guide_vectors: Mapping[str, np.ndarray] | None = None) -> dict:
@@ -196,15 +249,14 @@ def train_dense_student(base_dir: Path, guide_dir: Path | None, triples: dict[st
         guide = load_sentence_encoder(guide_dir, settings.train_max_seq_length, half=on_gpu)
         guide.eval()
     losses = dense_losses(model, guide, settings, guide_name=guide_dir.name if guide_dir else "guide")
-    data = Dataset.from_dict({"anchor": triples["query"], "positive": triples["positive"],
-                              "negative": triples["negative"],
-                              "label": np.asarray(triples["margin"], dtype=np.float32).tolist()})
+    rows, columns = training_columns(triples, settings.list_size)
+    data = Dataset.from_dict(columns)
     if settings.sampler == "tas-balanced":
-        clusters = {q: int(c) for q, c in zip(triples["query_id"], triples["cluster"], strict=True)}
+        clusters = {q: int(c) for q, c in zip(rows["query_id"], rows["cluster"], strict=True)}
         bins = settings.margin_bins
-    else:  # one cluster and one bin: a uniformly random triple per query, batches across every topic
-        clusters, bins = dict.fromkeys(triples["query_id"], 0), 1
-    sampler = tas_balanced_sampler(list(triples["query_id"]), clusters, triples["margin"], bins)
+    else:  # one cluster and one bin: a uniformly random example per query, batches across every topic
+        clusters, bins = dict.fromkeys(rows["query_id"], 0), 1
+    sampler = tas_balanced_sampler(list(rows["query_id"]), clusters, rows["margin"], bins)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     resume_from = last_complete_checkpoint(checkpoint_dir)
     args = SentenceTransformerTrainingArguments(
@@ -214,8 +266,10 @@ def train_dense_student(base_dir: Path, guide_dir: Path | None, triples: dict[st
         save_steps=settings.checkpoint_steps, save_total_limit=2, logging_steps=10, report_to=[],
         seed=settings.seed, bf16=on_gpu and torch.cuda.is_bf16_supported(), use_cpu=not on_gpu,
         disable_tqdm=False, dataloader_drop_last=False)
+    # GISTEmbedLoss reads (anchor, positive, negative): a list-wise example gives it its hardest negative.
+    in_batch_columns = {"gist": 3} if settings.list_size > 1 else {}
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=data,
-                                         loss=WeightedLossSum(model, losses))
+                                         loss=WeightedLossSum(model, losses, in_batch_columns))
     if resume_from:
         log.info("resuming dense student training from %s", resume_from)
     started = time.perf_counter()
@@ -227,6 +281,7 @@ def train_dense_student(base_dir: Path, guide_dir: Path | None, triples: dict[st
     steps_run = trainer.state.global_step - steps_resumed
     pairs = steps_run * settings.batch_size
     stats = {"triples": len(triples["query_id"]), "queries": len(set(triples["query_id"])),
+             "examples": len(rows["query_id"]), "list_size": settings.list_size,
              "steps": trainer.state.global_step, "resumed_from_step": steps_resumed,
              "train_loss": float(result.training_loss), "seconds": seconds,
              "pairs_per_second": pairs / max(seconds, 1e-9), "device": str(model.device),
