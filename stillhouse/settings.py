@@ -100,6 +100,9 @@ class SparseStudentSettings:
     margin_bins: int = 10  # [training]
     checkpoint_steps: int = 50
     seed: int = 13
+    # 1: pair-wise triples; n > 1: list-wise, a query, its positive and n negatives a row, margin-MSE (or KL) over
+    # the whole list (stillhouse.retrievers.distill_dense.list_examples, as the dense student's list_size).
+    list_size: int = 1
 
 
 def from_section(cls: type, section: dict, renamed: dict[str, str] | None = None, **given):

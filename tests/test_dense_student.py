@@ -13,6 +13,7 @@ import pytest
 from stillhouse.pipelines.ablation import why_not
 from stillhouse.pipelines.config import load_config
 from stillhouse.retrievers.distill_dense import list_examples, select_rows, training_columns
+from stillhouse.retrievers.errors import UserError
 from stillhouse.retrievers.tas import tas_balanced_sampler
 
 from .conftest import SMOKE, report_results, run_cli, run_until_then_kill, task_outputs, write_config
@@ -208,18 +209,30 @@ def test_list_examples_hold_each_querys_spread_negatives_hardest_first() -> None
     assert training_columns(triples, 1)[1]["label"] == pytest.approx(triples["margin"])
 
 
-def test_list_wise_and_pair_wise_ablation_variants_flip_the_dense_students_objective() -> None:
+def test_list_wise_and_pair_wise_ablation_variants_flip_each_students_objective() -> None:
     from stillhouse.pipelines.ablation import VARIANTS
 
     cfg = load_config(SMOKE.parent / "scifact.toml")
     assert cfg.dense_student.list_size == 1 and cfg.dense_student.negatives_per_query == 16
+    assert cfg.sparse_student.list_size == 1 and cfg.sparse_student.negatives_per_query == 16
     listed = VARIANTS["list-wise"](cfg)
-    assert listed.dense_student.list_size == 7 and why_not(cfg, "list-wise") == ""
-    assert why_not(cfg, "pair-wise") == "the config's dense student is already pair-wise"
-    assert VARIANTS["pair-wise"](listed).dense_student.list_size == 1 and why_not(listed, "pair-wise") == ""
-    assert why_not(cfg, "list-wise", student="sparse") == "it changes the dense student's training only"
+    assert listed.dense_student.list_size == listed.sparse_student.list_size == 7
+    for student in ("dense", "sparse"):
+        assert why_not(cfg, "list-wise", student=student) == ""
+        assert why_not(cfg, "pair-wise", student=student) == f"the config's {student} student is already pair-wise"
+        assert why_not(listed, "pair-wise", student=student) == ""
+    paired = VARIANTS["pair-wise"](listed)
+    assert paired.dense_student.list_size == paired.sparse_student.list_size == 1
     smoke = load_config(SMOKE)  # 4 negatives kept per query: the list holds 4
     assert VARIANTS["list-wise"](smoke).dense_student.list_size == 4
+
+
+def test_a_list_longer_than_the_kept_negatives_is_refused_for_either_student(tmp_path: Path) -> None:
+    for section in ("dense_student", "sparse_student"):
+        config = tmp_path / f"{section}.toml"
+        config.write_text(SMOKE.read_text().replace(f"[{section}]", f"[{section}]\nlist_size = 5\n", 1))
+        with pytest.raises(UserError, match="list_size 5 is more than negatives_per_query 4"):
+            load_config(config)
 
 
 def test_tas_sampler_factory_survives_the_trainers_checkpoint_pickle() -> None:

@@ -69,26 +69,32 @@ def test_precomputed_guide_gives_gistembedloss_its_own_value(minilm_dir: Path, s
         _loss(student, GuideLookup(student, partial), columns)
 
 
-def test_smoke_student_trains_list_wise_with_the_guide_from_the_index(smoke_run: Path, slice_root: Path,
-                                                                    tmp_path: Path) -> None:
+def test_smoke_students_train_list_wise_with_the_guide_from_the_index(smoke_run: Path, slice_root: Path,
+                                                                     tmp_path: Path) -> None:
     work = tmp_path / "work"
     shutil.copytree(smoke_run, work, symlinks=True)
     config = tmp_path / "smoke.toml"
-    config.write_text(SMOKE.read_text().replace("[dense_student]\n",
-                                                "[dense_student]\nguide_vectors = \"index\"\nlist_size = 3\n"))
+    config.write_text(SMOKE.read_text()
+                      .replace("[dense_student]\n", "[dense_student]\nguide_vectors = \"index\"\nlist_size = 3\n")
+                      .replace("[sparse_student]", "[sparse_student]\nlist_size = 3\nloss = \"kl\"\n", 1))
     before = task_outputs(work)
     result = run_cli("run", str(config), "--data-dir", str(slice_root), "--workdir", str(work))
     assert result.returncode == 0, result.stderr[-3000:]
     added = set(task_outputs(work)) - set(before)
-    # The training data and the guide teacher's corpus index (built for mining) are reused: the student retrains.
-    assert {key.split("/")[0] for key in added} >= {"TrainDense", "Evaluate"}
-    assert not {key.split("/")[0] for key in added} & {"TASTriples", "TeacherScores", "TrainSparse", "FetchModel"}
+    # The training data and the guide teacher's corpus index (built for mining) are reused: the students retrain.
+    assert {key.split("/")[0] for key in added} >= {"TrainDense", "TrainSparse", "Evaluate"}
+    assert not {key.split("/")[0] for key in added} & {"TASTriples", "TeacherScores", "FetchModel"}
     stats = json.loads(next(work / key / "training.json" for key in added if key.startswith("TrainDense/")).read_text())
     assert stats["guide"] == "precomputed" and stats["losses"] == {"margin_mse": 1.0, "gist": 1.0}
     # One list per query: margin-MSE over its 3 negatives (a label shape other than (batch, 3) fails the loss).
     assert stats["list_size"] == 3 and stats["examples"] == stats["queries"] < stats["triples"]
+    # The sparse student's KL over (positive, 3 negatives): labels of another width than 4 fail the loss.
+    sparse = json.loads(next(work / key / "training.json" for key in added
+                             if key.startswith("TrainSparse/")).read_text())
+    assert sparse["list_size"] == 3 and sparse["loss"] == "kl" and sparse["examples"] == sparse["queries"]
+    assert np.isfinite(sparse["train_loss"])
     assert re.search(r"guide vectors: \d+ documents from .+, \d+ queries encoded", result.stderr)
-    assert "dense-student" in report_results(work)
+    assert {"dense-student", "sparse-student"} <= set(report_results(work))
 
 
 def test_guide_vectors_index_refuses_another_guide_model(tmp_path: Path, slice_root: Path) -> None:

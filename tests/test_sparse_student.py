@@ -434,3 +434,16 @@ def test_eval_split_scores_the_trained_students_on_train_without_retraining(smok
     assert "### scifact (train split, 40 queries)" in (smoke_run / "report" / "results.md").read_text()
     assert set(report_results(smoke_run)) == {"bm25", "all-MiniLM-L6-v2", "splade-tiny", "dense-student",
                                               "sparse-student", "fused-students", "base-bm25"}
+
+
+def test_teacher_labels_give_margins_or_scores_relative_to_the_positive() -> None:
+    from stillhouse.retrievers.sparse_student import teacher_labels
+
+    assert teacher_labels([0.5, -0.25], 2.0, "margin-mse") == pytest.approx([1.0, -0.5])
+    assert teacher_labels([[0.5, 0.25, 0.0]], 2.0, "margin-mse") == [pytest.approx([1.0, 0.5, 0.0])]
+    # KL: (positive, negatives) scores; the positive at 0, each negative its scaled margin below it.
+    pair, listed = teacher_labels([0.5], 2.0, "kl"), teacher_labels([[0.5, 0.25]], 2.0, "kl")
+    assert pair == [pytest.approx([0.0, -1.0])] and listed == [pytest.approx([0.0, -1.0, -0.5])]
+    # The teacher's softmax is the one the pair-wise labels (margin, 0) gave: a shift changes nothing.
+    shifted = np.exp(np.array([1.0, 0.0])) / np.exp(np.array([1.0, 0.0])).sum()
+    assert np.exp(pair[0]) / np.exp(pair[0]).sum() == pytest.approx(shifted)

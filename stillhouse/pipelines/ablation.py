@@ -83,16 +83,21 @@ LIST_SIZE = 7  # the list-wise variant's negatives per example (fewer when the t
 
 
 def _list_wise(cfg: RunConfig) -> RunConfig:
-    """The dense student list-wise: a query, its positive and ``LIST_SIZE`` negatives an example, margin-MSE over
-    the list, instead of one (query, positive, negative) triple a row."""
-    student = cfg.dense_student
-    assert student is not None
-    return _set(cfg, "dense_student", list_size=min(LIST_SIZE, student.negatives_per_query or LIST_SIZE))
+    """The students list-wise: a query, its positive and ``LIST_SIZE`` negatives an example, the loss over the
+    list, instead of one (query, positive, negative) triple a row."""
+    for section in STUDENT_SECTIONS:
+        student = getattr(cfg, section)
+        if student is not None:
+            cfg = _set(cfg, section, list_size=min(LIST_SIZE, student.negatives_per_query or LIST_SIZE))
+    return cfg
 
 
 def _pair_wise(cfg: RunConfig) -> RunConfig:
-    """The dense student pair-wise: one (query, positive, negative) triple a row."""
-    return _set(cfg, "dense_student", list_size=1)
+    """The students pair-wise: one (query, positive, negative) triple a row."""
+    for section in STUDENT_SECTIONS:
+        if getattr(cfg, section) is not None:
+            cfg = _set(cfg, section, list_size=1)
+    return cfg
 
 
 def _real_queries(cfg: RunConfig) -> RunConfig:
@@ -115,9 +120,8 @@ VARIANTS: dict[str, Callable[[RunConfig], RunConfig]] = {
     "minilm-mlm": _minilm_mlm,
 }
 SPARSE_ONLY = ("plain-flops", "minilm-mlm")
-# no-guide-filter: its second half (plain InfoNCE instead of GISTEmbed) is the dense loss; the sparse student
-# trains pair-wise only.
-DENSE_ONLY = ("no-guide-filter", "list-wise", "pair-wise")
+# no-guide-filter: its second half (plain InfoNCE instead of GISTEmbed) is the dense loss.
+DENSE_ONLY = ("no-guide-filter",)
 
 
 def why_not(cfg: RunConfig, variant: str, student: str = "dense", data_dir: Path | None = None) -> str:
@@ -134,9 +138,10 @@ def why_not(cfg: RunConfig, variant: str, student: str = "dense", data_dir: Path
         return "it changes the sparse student only (--student sparse)"
     if variant in DENSE_ONLY and student != "dense":
         return "it changes the dense student's training only"
-    if variant in ("list-wise", "pair-wise") and cfg.dense_student is not None and \
-            (cfg.dense_student.list_size > 1) == (variant == "list-wise"):
-        return f"the config's dense student is already {variant}"
+    ablated = getattr(cfg, f"{student}_student")
+    if variant in ("list-wise", "pair-wise") and ablated is not None and \
+            (ablated.list_size > 1) == (variant == "list-wise"):
+        return f"the config's {student} student is already {variant}"
     if variant in ("no-consistency-filter", "hard-prompt", "real-queries") and training.queries != "generated":
         return "the config trains on judged queries, not generated ones"
     if variant == "hard-prompt" and training.prompt == "promptagator":

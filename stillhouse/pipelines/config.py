@@ -195,6 +195,15 @@ def _check_seeds(student: BaseModel) -> None:
         raise ValueError("give seed or seeds, not both")
     if len(set(seeds)) != len(seeds):
         raise ValueError("seeds: a seed is listed twice")
+
+
+def _check_list_size(student: BaseModel) -> None:
+    negatives, size = student.negatives_per_query, student.list_size  # type: ignore[attr-defined]
+    if negatives and size > negatives:
+        raise ValueError(f"list_size {size} is more than negatives_per_query {negatives}: a list holds negatives "
+                         "the triples keep")
+
+
 WEIGHTS_RULE = "weights must be finite, non-negative and not all zero"
 
 
@@ -334,9 +343,7 @@ class DenseStudentConfig(_Strict):
         _check_seeds(self)
         if self.margin_mse_weight == 0 and self.in_batch_weight == 0:
             raise ValueError("margin_mse_weight and in_batch_weight are both 0: give one a positive weight")
-        if self.negatives_per_query and self.list_size > self.negatives_per_query:
-            raise ValueError(f"list_size {self.list_size} is more than negatives_per_query "
-                             f"{self.negatives_per_query}: a list holds negatives the triples keep")
+        _check_list_size(self)
         return self
 
 
@@ -393,9 +400,13 @@ class SparseStudentConfig(_Strict):
                              "mlm_warmup_steps (e.g. 200) to train it on the corpus first")
         if self.idf != "corpus" and not Path(self.idf).expanduser().is_file():
             raise ValueError(f"idf: {self.idf} is not a file; give the path of an idf.json or \"corpus\"")
+        _check_list_size(self)
         return self
     sampler: Literal["tas-balanced", "random"] = _sparse.sampler
     negatives_per_query: int = Field(16, ge=0)
+    list_size: int = Field(
+        _sparse.list_size, ge=1, description="1: pair-wise triples; n > 1: list-wise examples, a query with its "
+                                             "positive and n scored negatives, the loss over the whole list")
     checkpoint_steps: int = Field(_sparse.checkpoint_steps, ge=1)
     encode_batch_size: int = Field(32, ge=1)
     seed: int = _sparse.seed

@@ -19,8 +19,9 @@ Geng, Ru and Yang, 2024, "Towards Competitive Search Relevance For Inference-Fre
 * **Distillation** (§3.2): the ensemble's per-query min-max normalized, weighted scores
 (``stillhouse.retrievers.ensemble``)
   become the labels: margin-MSE on ``s(q, p) - s(q, n)`` (Hofstätter et al., 2020, Eq. 1), or KL divergence
-  between the teacher's and the student's softmax over each triple's candidates (with two candidates the
-  teacher's softmax depends only on its margin, which is what the triples keep).
+  between the teacher's and the student's softmax over each example's candidates (the teacher's softmax depends
+  only on its margins, which is what the triples keep). Pair-wise, an example is one (q, p, n) triple;
+  list-wise (``list_size`` n > 1), a query, its positive and n negatives, the loss over all n margins.
 
 Built from sentence-transformers' SparseEncoder: a ``Router`` with ``SparseStaticEmbedding`` (the IDF table) on
 the query route and ``Transformer(fill-mask) + SpladePooling`` on the document route, trained with its
@@ -266,15 +267,34 @@ def fitted_margin_scale(model, triples: dict[str, list], checkpoint_dir: Path, r
     return scale
 
 
+def teacher_labels(margins: list, scale: float, loss: str) -> list:
+    """The trainer's label column from the ensemble margins ``m_i = S(q, p) - S(q, n_i)`` of each row (one float
+    pair-wise, a list of n list-wise), times ``scale``.
+
+    margin-MSE (sentence-transformers' ``SparseMarginMSELoss``) reads the margins themselves, one per negative
+    column. KL (``SparseDistillKLDivLoss``) reads teacher scores over (positive, negative_1 .. negative_n) and
+    takes their softmax, which a constant shift leaves unchanged; the teacher's scores relative to the positive
+    are ``(0, -m_1, .., -m_n)``.
+    """
+    scaled = np.asarray(margins, dtype=np.float32) * scale
+    if loss == "margin-mse":
+        return scaled.tolist()
+    negatives = scaled.reshape(len(scaled), -1)
+    return np.concatenate([np.zeros((len(scaled), 1), dtype=np.float32), -negatives], axis=1).tolist()
+
+
 def train_sparse_student(doc_dir: Path, idf: np.ndarray, triples: dict[str, list], out_dir: Path,
                          checkpoint_dir: Path, settings: SparseStudentSettings) -> dict:
     """Train the document encoder of an inference-free model on ``triples`` (columns query_id, query,
     positive, negative, margin, cluster; margins as the ensemble's weighted mean, in [-1, 1]) and save the
-    whole model (both routes) to ``out_dir``; return training stats. Resumes from ``checkpoint_dir``."""
+    whole model (both routes) to ``out_dir``; return training stats. Resumes from ``checkpoint_dir``.
+
+    ``settings.list_size`` > 1 trains on list-wise examples (``distill_dense.training_columns``, as the dense
+    student): a query, its positive and n negatives a row, the loss over all n (``teacher_labels``)."""
     from datasets import Dataset
     from sentence_transformers.sparse_encoder import SparseEncoderTrainingArguments
 
-    from stillhouse.retrievers.distill_dense import checkpoint_step, last_complete_checkpoint
+    from stillhouse.retrievers.distill_dense import checkpoint_step, last_complete_checkpoint, training_columns
     from stillhouse.retrievers.tas import tas_balanced_sampler
     from stillhouse.retrievers.teachers import check_window
 
@@ -291,21 +311,21 @@ def train_sparse_student(doc_dir: Path, idf: np.ndarray, triples: dict[str, list
     scale = settings.margin_scale or fitted_margin_scale(model, triples, checkpoint_dir, bool(resume_from),
                                                          settings.seed)
     log.info("sparse student: teacher margins x %.2f", scale)
-    margins = np.asarray(triples["margin"], dtype=np.float32) * scale
-    labels = margins if settings.loss == "margin-mse" else np.stack([margins, np.zeros_like(margins)], axis=1)
-    data = Dataset.from_dict({"anchor": triples["query"], "positive": triples["positive"],
-                              "negative": triples["negative"], "label": labels.tolist()})
+    rows, columns = training_columns(triples, settings.list_size)
+    columns["label"] = teacher_labels(columns["label"], scale, settings.loss)
+    data = Dataset.from_dict(columns)
     if settings.sampler == "tas-balanced":
-        clusters = {q: int(c) for q, c in zip(triples["query_id"], triples["cluster"], strict=True)}
+        clusters = {q: int(c) for q, c in zip(rows["query_id"], rows["cluster"], strict=True)}
         bins = settings.margin_bins
     else:
-        clusters, bins = dict.fromkeys(triples["query_id"], 0), 1
+        clusters, bins = dict.fromkeys(rows["query_id"], 0), 1
     args = SparseEncoderTrainingArguments(
         output_dir=str(checkpoint_dir), num_train_epochs=settings.epochs,
         per_device_train_batch_size=settings.batch_size, learning_rate=settings.learning_rate,
         warmup_steps=settings.warmup_ratio,
-        batch_sampler=tas_balanced_sampler(list(triples["query_id"]), clusters, triples["margin"], bins),
-        router_mapping={"anchor": "query", "positive": "document", "negative": "document"},
+        batch_sampler=tas_balanced_sampler(list(rows["query_id"]), clusters, rows["margin"], bins),
+        router_mapping={column: "query" if column == "anchor" else "document" for column in columns
+                        if column != "label"},
         save_strategy="steps", save_steps=settings.checkpoint_steps, save_total_limit=2, logging_steps=10,
         report_to=[], seed=settings.seed, bf16=on_gpu and torch.cuda.is_bf16_supported(), use_cpu=not on_gpu,
         disable_tqdm=False, dataloader_drop_last=False)
@@ -320,6 +340,7 @@ def train_sparse_student(doc_dir: Path, idf: np.ndarray, triples: dict[str, list
     steps_resumed = checkpoint_step(Path(resume_from)) if resume_from else 0
     pairs = (trainer.state.global_step - steps_resumed) * settings.batch_size
     stats = {"triples": len(triples["query_id"]), "queries": len(set(triples["query_id"])),
+             "examples": len(rows["query_id"]), "list_size": settings.list_size,
              "steps": trainer.state.global_step, "resumed_from_step": steps_resumed,
              "train_loss": float(result.training_loss), "seconds": seconds,
              "pairs_per_second": pairs / max(seconds, 1e-9), "device": str(model.device),
