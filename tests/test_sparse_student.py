@@ -401,7 +401,12 @@ def test_a_minilm_sparse_student_warms_up_its_tied_head_through_the_dag(smoke_ru
                 for p in (smoke_run / "FetchModel").glob("*/model/**/*") if p.is_file()}
 
     before, fetched = task_outputs(smoke_run), fetched_files()
+    # One triple per query and 64-token documents: the test is about the tied head's warm-up and wiring, and a
+    # 30,522-way head over MiniLM's 384 dimensions is the slowest model in the suite.
     config = sparse_config(tmp_path, 'base_model = "base"\nmlm_head = "tied"\nmlm_warmup_steps = 3')
+    sparse_window = "\nmax_seq_length = 128\nnegatives_per_query = 4\n"  # the smoke sparse student's lines
+    assert config.read_text().count(sparse_window) == 1
+    config.write_text(config.read_text().replace(sparse_window, "\nmax_seq_length = 64\nnegatives_per_query = 1\n"))
     result = run_cli("run", str(config), "--data-dir", str(slice_root), "--workdir", str(smoke_run))
     assert result.returncode == 0, result.stderr[-3000:]
     new = {path.split("/")[0] for path in set(task_outputs(smoke_run)) - set(before)}
