@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from stillhouse.pipelines.config import STUDENT_SECTIONS, RunConfig
+from stillhouse.pipelines.config import STUDENT_SECTIONS, DenseStudentConfig, RunConfig, SparseStudentConfig
 from stillhouse.retrievers.errors import UserError
 
 TIED_HEAD_WARMUP_STEPS = 200  # 16 documents a step: about 3,200 documents, most of SciFact once
@@ -18,6 +18,16 @@ TIED_HEAD_WARMUP_STEPS = 200  # 16 documents a step: about 3,200 documents, most
 
 def _set(cfg: RunConfig, section: str, **changes) -> RunConfig:
     return cfg.model_copy(update={section: getattr(cfg, section).model_copy(update=changes)})
+
+
+def _each_student(cfg: RunConfig,
+                  changes: Callable[[DenseStudentConfig | SparseStudentConfig], dict]) -> RunConfig:
+    """The config with ``changes(student)`` applied to each configured student section."""
+    for section in STUDENT_SECTIONS:
+        student = getattr(cfg, section)
+        if student is not None:
+            cfg = _set(cfg, section, **changes(student))
+    return cfg
 
 
 def _no_consistency_filter(cfg: RunConfig) -> RunConfig:
@@ -30,10 +40,7 @@ def _no_guide(cfg: RunConfig) -> RunConfig:
 
 
 def _random_batches(cfg: RunConfig) -> RunConfig:
-    for section in STUDENT_SECTIONS:
-        if getattr(cfg, section) is not None:
-            cfg = _set(cfg, section, sampler="random")
-    return cfg
+    return _each_student(cfg, lambda student: {"sampler": "random"})
 
 
 def _single_teacher(cfg: RunConfig) -> RunConfig:
@@ -50,10 +57,7 @@ def _single_teacher(cfg: RunConfig) -> RunConfig:
 
 def _ensemble(cfg: RunConfig) -> RunConfig:
     """The [training] ensemble instead of a student's own teacher_weights."""
-    for section in STUDENT_SECTIONS:
-        if getattr(cfg, section) is not None:
-            cfg = _set(cfg, section, teacher_weights={})
-    return cfg
+    return _each_student(cfg, lambda student: {"teacher_weights": {}})
 
 
 def _hard_prompt(cfg: RunConfig) -> RunConfig:
@@ -85,19 +89,13 @@ LIST_SIZE = 7  # the list-wise variant's negatives per example (fewer when the t
 def _list_wise(cfg: RunConfig) -> RunConfig:
     """The students list-wise: a query, its positive and ``LIST_SIZE`` negatives an example, the loss over the
     list, instead of one (query, positive, negative) triple a row."""
-    for section in STUDENT_SECTIONS:
-        student = getattr(cfg, section)
-        if student is not None:
-            cfg = _set(cfg, section, list_size=min(LIST_SIZE, student.negatives_per_query or LIST_SIZE))
-    return cfg
+    return _each_student(cfg, lambda student: {
+        "list_size": min(LIST_SIZE, student.negatives_per_query or LIST_SIZE)})
 
 
 def _pair_wise(cfg: RunConfig) -> RunConfig:
     """The students pair-wise: one (query, positive, negative) triple a row."""
-    for section in STUDENT_SECTIONS:
-        if getattr(cfg, section) is not None:
-            cfg = _set(cfg, section, list_size=1)
-    return cfg
+    return _each_student(cfg, lambda student: {"list_size": 1})
 
 
 def _real_queries(cfg: RunConfig) -> RunConfig:
