@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -122,6 +123,13 @@ def baseline_run(tmp_path_factory: pytest.TempPathFactory, slice_root: Path) -> 
     result = run_cli("run", str(config), "--device", "cpu")
     assert result.returncode == 0, result.stderr[-3000:]
     return base / "work"
+
+
+def seeded_workdir(cached: Path, workdir: Path) -> Path:
+    """A new work dir holding a copy of ``cached``'s finished stages (not its published report), so a test whose
+    config shares those stages starts from them: the pipeline's own cache, as a user's second config would."""
+    shutil.copytree(cached, workdir, ignore=shutil.ignore_patterns("report", "logs", "*.tmp-*"))
+    return workdir
 
 
 SMOKE = REPO / "configs" / "smoke.toml"

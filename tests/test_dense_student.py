@@ -16,7 +16,15 @@ from stillhouse.retrievers.distill_dense import list_examples, select_rows, trai
 from stillhouse.retrievers.errors import UserError
 from stillhouse.retrievers.tas import tas_balanced_sampler
 
-from .conftest import SMOKE, report_results, run_cli, run_until_then_kill, task_outputs, write_config
+from .conftest import (
+    SMOKE,
+    report_results,
+    run_cli,
+    run_until_then_kill,
+    seeded_workdir,
+    task_outputs,
+    write_config,
+)
 from .test_training_data import one_error_line
 
 pytestmark = pytest.mark.slow
@@ -130,8 +138,9 @@ def test_the_same_config_adapts_a_corpus_without_labels(smoke_run: Path, slice_r
         == {"scifact"}
 
 
-def test_sigkill_during_training_resumes_from_the_last_checkpoint(tmp_path: Path, slice_root: Path) -> None:
-    workdir = tmp_path / "work"
+def test_sigkill_during_training_resumes_from_the_last_checkpoint(tmp_path: Path, slice_root: Path,
+                                                                  baseline_run: Path) -> None:
+    workdir = seeded_workdir(baseline_run, tmp_path / "work")  # BM25 and MiniLM indexes (the miner's) cached
     config = write_config(tmp_path / "run.toml", workdir, slice_root, extra=STUDENT_ON_SPLIT)
 
     def checkpoint_written() -> bool:

@@ -231,6 +231,8 @@ def test_training_queries_without_a_positive_are_one_line(tmp_path: Path, slice_
     assert one_error_line(result) == (
         f"error: {qrels}: 1 queries have no positive (relevance > 0), first {first_query!r}; "
         "give each training query a relevant document or remove it")
+    # Judged queries are checked first and a user error stops the run: no corpus was encoded before the error.
+    assert not list((tmp_path / "work").glob("EncodeShard/*/provenance.json"))
 
 
 def test_guide_with_another_tokenizer_and_a_shorter_window_is_one_line(minilm_dir: Path, smollm2_dir: Path) -> None:

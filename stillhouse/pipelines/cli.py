@@ -414,6 +414,9 @@ def _build(args: argparse.Namespace, cfg, workdir: Path, roots: list) -> int:
 
     if slots := configured_devices():
         log.info("GPU slots: %s (at most %d model stages at once)", ", ".join(slots), len(slots))
+    from stillhouse.pipelines.tasks.base import WORKER_PID_ENV
+
+    os.environ[WORKER_PID_ENV] = str(os.getpid())  # a stage's user error stops this worker taking more work
     try:
         result = luigi.build(roots, detailed_summary=True, **settings)
         if args.scheduler_url:

@@ -187,9 +187,40 @@ def _unpack_model_file(path: Path, dest: Path, label: str) -> None:
             shutil.move(str(item), dest / item.name)
         shutil.rmtree(inner)
     elif path.suffix == ".gguf":
-        dequantize_gguf(path, dest)
+        copy_dequantized(path, dest)
     else:
         raise UserError(f"model source {label}: {path.name} is neither a folder, a .zip nor a .gguf file")
+
+
+def default_dequantized_dir() -> Path:
+    """Where de-quantized GGUF models are kept between runs, beside the fetched wheels."""
+    return default_download_dir().parent / "dequantized"
+
+
+def copy_dequantized(gguf_path: Path, dest: Path, cache_dir: Path | None = None) -> None:
+    """Copy the de-quantized ``gguf_path`` into ``dest``, de-quantizing it once per file content.
+
+    De-quantizing is the slow part of fetching a GGUF generator (tens of seconds on CPU); every work dir that
+    fetches the same file gets a copy of the cached folder instead (keyed by the GGUF's sha256; written to a
+    temporary folder and renamed, so a killed fetch leaves nothing half-written in the cache).
+    """
+    digest = hashlib.sha256()
+    with open(gguf_path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    cached = (cache_dir or default_dequantized_dir()) / digest.hexdigest()[:32]
+    if not (cached / "config.json").is_file():
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix=f".{cached.name}.", dir=cached.parent))
+        try:
+            dequantize_gguf(gguf_path, scratch)
+            os.replace(scratch, cached)
+        except OSError:  # another process cached it first: keep theirs
+            if not (cached / "config.json").is_file():
+                raise
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    shutil.copytree(cached, dest, dirs_exist_ok=True)
 
 
 def dequantize_gguf(gguf_path: Path, dest: Path) -> None:

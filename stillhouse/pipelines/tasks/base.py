@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import socket
 import time
 import traceback
@@ -149,6 +150,9 @@ def read_json(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
+WORKER_PID_ENV = "STILLHOUSE_WORKER_PID"  # set by ``stillhouse run`` to the process that runs Luigi's worker
+
+
 def failure_dir(workdir: str) -> Path:
     return Path(workdir) / ".failures"
 
@@ -163,3 +167,7 @@ def _record_failure(task: StageTask, exception: BaseException) -> None:
         "type": type(exception).__name__, "time": time.time(),
         "traceback": "".join(traceback.format_exception(exception)),
     })
+    if isinstance(exception, UserError) and (worker := os.environ.get(WORKER_PID_ENV)):
+        # Bad input fails fast: SIGUSR1 is Luigi's own "take no more work" signal to its worker, which lets
+        # the running stages finish (and cache) and returns, so the one-line error comes in seconds.
+        os.kill(int(worker), signal.SIGUSR1)

@@ -93,6 +93,13 @@ class TrainingQueries(TrainTask):
 
     reads = QUERY_KEYS
 
+    @property
+    def priority(self) -> int:
+        """Judged queries are checked (a positive each) before any model stage: Luigi runs a higher-priority task
+        and its dependencies (here, loading the split) first, so a bad qrels file fails in seconds, not after the
+        corpus indexes. Generated queries keep the default: their dependencies are the generation stages."""
+        return 100 if self.training["queries"] == "split" else 0
+
     def source(self) -> StageTask:
         if self.training["queries"] == "split":
             return LoadDataset(workdir=self.workdir, **self.training["dataset"])
