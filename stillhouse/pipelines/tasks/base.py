@@ -167,7 +167,9 @@ def _record_failure(task: StageTask, exception: BaseException) -> None:
         "type": type(exception).__name__, "time": time.time(),
         "traceback": "".join(traceback.format_exception(exception)),
     })
-    if isinstance(exception, UserError) and (worker := os.environ.get(WORKER_PID_ENV)):
-        # Bad input fails fast: SIGUSR1 is Luigi's own "take no more work" signal to its worker, which lets
-        # the running stages finish (and cache) and returns, so the one-line error comes in seconds.
+    worker = os.environ.get(WORKER_PID_ENV, "")
+    if isinstance(exception, UserError) and worker.isdigit() and int(worker) in (os.getpid(), os.getppid()):
+        # Bad input stops the run: SIGUSR1 is Luigi's own "take no more work" signal to its worker (this
+        # process, or the parent of a forked task process); stages already running finish and are cached, then
+        # the CLI prints the error line instead of running every other stage first.
         os.kill(int(worker), signal.SIGUSR1)
