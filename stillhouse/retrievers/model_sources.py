@@ -13,7 +13,6 @@ A source string is one of
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import json
 import os
 import re
@@ -26,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stillhouse.artifacts import atomic_dir
+from stillhouse.pipelines.fingerprint import file_digest
 from stillhouse.retrievers.errors import UserError
 
 _WHEEL_REQ = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*==[A-Za-z0-9.+!_-]+$")
@@ -201,7 +201,7 @@ def default_dequantized_dir() -> Path:
     return default_download_dir() / "dequantized"
 
 
-def copy_dequantized(gguf_path: Path, dest: Path, cache_dir: Path | None = None) -> None:
+def copy_dequantized(gguf_path: Path, dest: Path) -> None:
     """Copy the de-quantized ``gguf_path`` into ``dest``, de-quantizing it once per file content and converter.
 
     De-quantizing is the slow part of fetching a GGUF generator (tens of seconds on CPU); every work dir that
@@ -212,12 +212,8 @@ def copy_dequantized(gguf_path: Path, dest: Path, cache_dir: Path | None = None)
     """
     import transformers
 
-    digest = hashlib.sha256()
-    with open(gguf_path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    key = f"{digest.hexdigest()[:32]}-v{DEQUANTIZE_VERSION}-transformers-{transformers.__version__}"
-    cached = (cache_dir or default_dequantized_dir()) / key
+    key = f"{file_digest(gguf_path)[:32]}-v{DEQUANTIZE_VERSION}-transformers-{transformers.__version__}"
+    cached = default_dequantized_dir() / key
     if not (cached / "config.json").is_file():
         try:
             with atomic_dir(cached) as scratch:
@@ -249,14 +245,8 @@ def dequantize_gguf(gguf_path: Path, dest: Path) -> None:
 
 def file_manifest(folder: Path) -> dict[str, str]:
     """sha256 of every file under ``folder``, keyed by relative path."""
-    manifest = {}
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        manifest[str(path.relative_to(folder))] = digest.hexdigest()
-    return manifest
+    return {str(path.relative_to(folder)): file_digest(path)
+            for path in sorted(p for p in folder.rglob("*") if p.is_file())}
 
 
 def verify_manifest(folder: Path, manifest_path: Path) -> None:
