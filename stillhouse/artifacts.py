@@ -6,6 +6,7 @@ final path only) and is removed by the next attempt of the same task.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -72,3 +73,12 @@ def write_json_atomic(path: Path, payload: object) -> None:
 def folder_bytes(folder: Path) -> int:
     """Bytes of every file under ``folder`` (an index's size on disk)."""
     return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -24,8 +24,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from stillhouse.artifacts import atomic_dir
-from stillhouse.pipelines.fingerprint import file_digest
+from stillhouse.artifacts import atomic_dir, file_digest
 from stillhouse.retrievers.errors import UserError
 
 _WHEEL_REQ = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*==[A-Za-z0-9.+!_-]+$")

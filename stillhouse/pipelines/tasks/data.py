@@ -8,8 +8,9 @@ from pathlib import Path
 
 import luigi
 
+from stillhouse.artifacts import file_digest
 from stillhouse.eval.beir_data import BEIR_MD5, load_beir, resolve_dataset_dir, write_beir
-from stillhouse.pipelines.fingerprint import file_digest, fingerprint
+from stillhouse.pipelines.fingerprint import fingerprint
 from stillhouse.pipelines.tasks.base import StageTask
 from stillhouse.retrievers.model_sources import ModelSource, file_manifest, materialize, verify_manifest
 

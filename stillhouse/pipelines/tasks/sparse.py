@@ -41,7 +41,7 @@ class TrainSparse(StudentTask):
     def fingerprint_payload(self) -> dict:
         student = fingerprinted("sparse_student", dict(self.student))
         if student["idf"] != "corpus":  # a file: its content, not its path
-            from stillhouse.pipelines.fingerprint import file_digest
+            from stillhouse.artifacts import file_digest
 
             if not Path(student["idf"]).is_file():
                 raise UserError(f"sparse_student.idf: {student['idf']} is not a file; give an idf.json path or "
