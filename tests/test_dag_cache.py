@@ -99,3 +99,45 @@ def test_a_task_reads_only_what_it_requires(smoke_run: Path, slice_root: Path, t
         except Exception as exc:  # every family is tried; the failures are listed together
             failures.append(f"{family}: {type(exc).__name__}: {exc}")
     assert not failures, "\n".join(failures)
+
+
+def test_an_int8_dense_retriever_encodes_both_sides_in_int8_and_scores_near_fp32(baseline_run: Path, tmp_path: Path,
+                                                                                  slice_root: Path) -> None:
+    import json
+
+    import numpy as np
+    import torch
+
+    from stillhouse.retrievers.dense import load_sentence_encoder
+
+    work = tmp_path / "work"
+    shutil.copytree(baseline_run, work, symlinks=True)
+    before = task_outputs(work)
+    int8 = '[retrievers.minilm-int8]\nkind = "dense"\nmodel = "base"\nbatch_size = 16\nshards = 1\nquantize = "int8"\n'
+    result = run_cli("run", str(write_config(tmp_path / "run.toml", work, slice_root, extra=int8)))
+    assert result.returncode == 0, result.stderr[-2000:]
+    new = {key.split("/")[0] for key in set(task_outputs(work)) - set(before)}
+    assert new == {"EncodeShard", "DenseIndex", "DenseSearch", "Evaluate", "Report"}  # MiniLM's fetch is shared
+
+    (shard,) = [p for p in work.glob("EncodeShard/*") if p.name not in {k.split("/")[1] for k in before}]
+    assert json.loads((shard / "timing.json").read_text())["quantize"] == "int8"
+    assert json.loads((shard / "provenance.json").read_text())["params"]["quantize"] == "int8"
+    fp32_shards = sorted((p for p in work.glob("EncodeShard/*") if p.name in {k.split("/")[1] for k in before}),
+                         key=lambda p: int(json.loads((p / "provenance.json").read_text())["params"]["shard"]))
+    # The 4 fp32 shards in order hold the corpus as the single int8 shard does: rows match.
+    fp32_rows = np.concatenate([np.load(p / "embeddings.npy") for p in fp32_shards])
+    int8_rows = np.load(shard / "embeddings.npy")
+    assert fp32_rows.shape == int8_rows.shape and not np.allclose(fp32_rows, int8_rows, atol=1e-4)
+    cosine = np.einsum("ij,ij->i", fp32_rows, int8_rows) / (np.linalg.norm(fp32_rows, axis=1) *
+                                                          np.linalg.norm(int8_rows, axis=1))
+    assert cosine.mean() > 0.95
+
+    model_dir = next(work.glob("FetchModel/*/model"))
+    model = load_sentence_encoder(model_dir, quantize="int8")
+    assert any(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in model.modules())
+    assert str(model.device) == "cpu"
+
+    results = report_results(work)
+    assert set(results) == {"bm25", "minilm", "minilm-int8"}
+    assert abs(results["minilm-int8"]["NDCG@10"] - results["minilm"]["NDCG@10"]) < 0.05
+    assert results["minilm"] == report_results(baseline_run)["minilm"]

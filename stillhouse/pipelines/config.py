@@ -69,6 +69,10 @@ class DenseRetriever(_Strict):
     shards: int = Field(4, ge=1)
     max_seq_length: int = Field(0, ge=0, description="0 keeps the model's own limit")
     top_k: int = Field(100, ge=1)
+    quantize: Literal["none", "int8"] = Field(
+        "none", description="int8: corpus and queries encoded on the CPU with int8 linear layers, one scale per "
+                            "output channel (retrievers.dense.quantize_int8; MiniLM 1.8x faster, level on SciFact "
+                            "train)")
 
 
 class SpladeRetriever(_Strict):

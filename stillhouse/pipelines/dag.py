@@ -416,6 +416,7 @@ def built_indexes(cfg: RunConfig, report: Report):
         corpus=dataset.out_dir / "corpus.jsonl",
         dense_index=dense_task.index_task().out_dir if dense_task else None,
         dense_model=dense_task.fetch_task().model_dir() if dense_task else None,
+        dense_quantize=dense_task.quantize if dense_task else "none",
         sparse_index=sparse_task.index_task().out_dir if sparse_task else None,
         sparse_model=sparse_task.fetch_task().model_dir() if sparse_task else None,
         idf=sparse_task.fetch_task().out_dir / "idf.json" if sparse_task else None,

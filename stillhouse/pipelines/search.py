@@ -28,7 +28,8 @@ def member_searcher(task):
     if task.task_family == "DenseSearch":
         from stillhouse.retrievers.dense import DenseSearcher
 
-        return DenseSearcher(task.fetch_task().model_dir(), task.index_task().out_dir, task.max_seq_length)
+        return DenseSearcher(task.fetch_task().model_dir(), task.index_task().out_dir, task.max_seq_length,
+                             task.quantize)
     from stillhouse.retrievers.impact_index import ImpactSearcher
 
     return ImpactSearcher(task.index_task().out_dir / "index", task.load_model())

@@ -58,6 +58,7 @@ class BuiltIndexes:
     corpus: Path  # LoadDataset's corpus.jsonl
     dense_index: Path | None = None  # DenseIndex folder: index.faiss + docids.json
     dense_model: Path | None = None
+    dense_quantize: str = "none"  # "int8": the index was encoded with int8 linear layers (dense.quantize_int8)
     sparse_index: Path | None = None  # ImpactIndex folder: index/ + vectors.jsonl
     sparse_model: Path | None = None
     idf: Path | None = None  # the sparse student's idf.json
@@ -152,7 +153,12 @@ def manifest(built: BuiltIndexes) -> dict:
     if built.dense_index:
         payload["dense"] = {"field": "dense", "dimension": dense_dimension(built), "similarity": "inner_product",
                             "unit_length": dense_is_unit_length(built.dense_index), "model": "query/dense-model",
-                            "encode": "SentenceTransformer('query/dense-model').encode_query(texts)"}
+                            "encode": "SentenceTransformer('query/dense-model').encode_query(texts)",
+                            "quantize": built.dense_quantize}
+        if built.dense_quantize == "int8":
+            payload["dense"]["encode"] += (", its nn.Linear layers first quantized with torch.ao.quantization."
+                                           "quantize_dynamic(model, {nn.Linear: per_channel_dynamic_qconfig}, "
+                                           "dtype=torch.qint8), as the index was")
     if built.sparse_index:
         payload["sparse"] = {"field": "sparse", "impact_scale": IMPACT_SCALE, "tokenizer": "query/tokenizer",
                              "query_weights": "query/idf.json",
@@ -470,6 +476,10 @@ def milvus_hybrid_run(folder: Path, queries: dict[str, str], k: int = 10) -> dic
     encoder, vocab = IdfQueryEncoder(tokenizer, read_idf_json(folder / "query" / "idf.json", tokenizer)), \
         tokenizer.get_vocab()
     dense_model = SentenceTransformer(str(folder / "query" / "dense-model"), device="cpu")
+    if manifest_json.get("dense", {}).get("quantize") == "int8":  # queries at the index's precision
+        from stillhouse.retrievers.dense import quantize_int8
+
+        dense_model = quantize_int8(dense_model)
     client = MilvusClient(uri=str(folder / "stillhouse.db"))
     client.load_collection("hybrid")  # a reopened database starts with its collections released
     run = {}
@@ -517,7 +527,7 @@ def sparse_query_vector(built: BuiltIndexes, query: str) -> dict[str, int]:
 def dense_query_vector(built: BuiltIndexes, query: str) -> list[float]:
     from stillhouse.retrievers.dense import load_sentence_encoder
 
-    model = load_sentence_encoder(built.dense_model, device="cpu")
+    model = load_sentence_encoder(built.dense_model, device="cpu", quantize=built.dense_quantize)
     return [round(float(x), 7) for x in model.encode([query])[0]]
 
 

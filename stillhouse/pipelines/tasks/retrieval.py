@@ -19,7 +19,13 @@ from stillhouse.pipelines.tasks.base import StageTask, UpstreamParameter
 from stillhouse.pipelines.tasks.data import FetchModel, LoadDataset, corpus_only_fingerprint
 from stillhouse.retrievers import faiss_index
 from stillhouse.retrievers.bm25 import bm25_search, build_bm25_index
-from stillhouse.retrievers.dense import dense_search, document_text, encode, load_sentence_encoder
+from stillhouse.retrievers.dense import (
+    QUANTIZE_CHOICES,
+    dense_search,
+    document_text,
+    encode,
+    load_sentence_encoder,
+)
 from stillhouse.retrievers.runs import write_trec_run
 
 log = logging.getLogger("stillhouse")
@@ -131,10 +137,11 @@ class DenseTask(ModelTask):
     shards = luigi.IntParameter(default=4)
     batch_size = luigi.IntParameter(default=64)
     max_seq_length = luigi.IntParameter(default=0)
+    quantize = luigi.ChoiceParameter(choices=QUANTIZE_CHOICES, default="none")  # int8: CPU, int8 linear layers
 
     def encoder_kwargs(self) -> dict:
         return {"dataset": self.dataset, "model": self.model, "model_task": self.model_task, "shards": self.shards,
-                "batch_size": self.batch_size, "max_seq_length": self.max_seq_length}
+                "batch_size": self.batch_size, "max_seq_length": self.max_seq_length, "quantize": self.quantize}
 
 
 class EncodeShard(DenseTask):
@@ -152,7 +159,8 @@ class EncodeShard(DenseTask):
         corpus = self.dataset_task().load().corpus
         ids = list(corpus)
         lo, hi = self.shard * len(ids) // self.shards, (self.shard + 1) * len(ids) // self.shards
-        model = load_sentence_encoder(self.fetch_task().model_dir(), self.max_seq_length or None)
+        model = load_sentence_encoder(self.fetch_task().model_dir(), self.max_seq_length or None,
+                                      quantize=self.quantize)
         log.info("encoding shard %d/%d: %d documents", self.shard + 1, self.shards, hi - lo)
         started = time.perf_counter()
         vectors = encode(model, [document_text(corpus[i]) for i in ids[lo:hi]], self.batch_size,
@@ -161,7 +169,7 @@ class EncodeShard(DenseTask):
         np.save(folder / "embeddings.npy", vectors)
         (folder / "ids.json").write_text(json.dumps(ids[lo:hi]))
         (folder / "timing.json").write_text(json.dumps({"documents": hi - lo, "seconds": seconds,
-                                                        "device": str(model.device)}))
+                                                        "device": str(model.device), "quantize": self.quantize}))
 
 
 class DenseIndex(DenseTask):
@@ -190,7 +198,7 @@ class DenseSearch(DenseTask, IndexSearchTask):
         queries = self.dataset_task().load().queries
         started = time.perf_counter()
         run = dense_search(self.fetch_task().model_dir(), self.index_task().out_dir, queries, self.top_k,
-                           self.batch_size, self.max_seq_length)
+                           self.batch_size, self.max_seq_length, quantize=self.quantize)
         seconds = time.perf_counter() - started
         write_trec_run(run, folder / "run.trec", "dense")
         (folder / "timing.json").write_text(json.dumps({"queries": len(queries), "seconds": seconds}))
