@@ -47,16 +47,11 @@ SHARED_RUNS = {"smoke_run": "smoke-run", "smoke_export": "smoke-run", "baseline_
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups into the test ids
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Give every test an ``xdist_group``: the shared run it uses, else its module (so a module-scoped fixture is
-    built once). Longest first, so short tests fill the workers at the end: the smoke run's group, then the
-    ``slow`` (end-to-end) modules, then the rest, each in collection order."""
-    def uses(item: pytest.Item, names: tuple[str, ...]) -> bool:
-        return any(name in getattr(item, "fixturenames", ()) for name in names)
-
+    built once). xdist hands out the largest groups first; inside a group the tests keep their written order."""
     for item in items:
-        shared = [group for name, group in SHARED_RUNS.items() if uses(item, (name,))]
+        fixtures = getattr(item, "fixturenames", ())
+        shared = [group for name, group in SHARED_RUNS.items() if name in fixtures]
         item.add_marker(pytest.mark.xdist_group(shared[0] if shared else item.nodeid.split("::")[0]))
-    items.sort(key=lambda item: (not uses(item, ("smoke_run", "smoke_export")),
-                                 item.get_closest_marker("slow") is None))
 
 
 @pytest.fixture(scope="session")

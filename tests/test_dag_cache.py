@@ -121,7 +121,11 @@ def test_an_int8_dense_retriever_encodes_both_sides_in_int8_and_scores_near_fp32
 
     (shard,) = [p for p in work.glob("EncodeShard/*") if p.name not in {k.split("/")[1] for k in before}]
     assert json.loads((shard / "timing.json").read_text())["quantize"] == "int8"
-    assert json.loads((shard / "provenance.json").read_text())["params"]["quantize"] == "int8"
+    provenance = json.loads((shard / "provenance.json").read_text())
+    assert provenance["params"]["quantize"] == "int8" and (provenance["device"], provenance["precision"]) == (
+        "cpu", "int8")
+    assert all("quantize" not in json.loads((work / key / "provenance.json").read_text())["params"]
+               for key in before if key.startswith("EncodeShard/"))  # fp32: the fingerprint it had before the setting
     fp32_shards = sorted((p for p in work.glob("EncodeShard/*") if p.name in {k.split("/")[1] for k in before}),
                          key=lambda p: int(json.loads((p / "provenance.json").read_text())["params"]["shard"]))
     # The 4 fp32 shards in order hold the corpus as the single int8 shard does: rows match.

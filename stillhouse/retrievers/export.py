@@ -215,6 +215,12 @@ def export_lucene(built: BuiltIndexes, out: Path) -> None:
         + (FUSION_NOTE if built.hybrid else ""))
 
 
+INT8_NOTE = ("The index was encoded with int8 linear layers (`manifest.json`: `dense.quantize`): encode queries the "
+             "same way, `torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear: "
+             "torch.ao.quantization.per_channel_dynamic_qconfig}, dtype=torch.qint8)` on the CPU, before "
+             "`encode_query`.\n\n")
+
+
 def export_faiss(built: BuiltIndexes, out: Path) -> None:
     shutil.copy2(built.dense_index / "index.faiss", out / "index.faiss")
     shutil.copy2(built.dense_index / "docids.json", out / "docids.json")
@@ -223,6 +229,7 @@ def export_faiss(built: BuiltIndexes, out: Path) -> None:
         "# FAISS index (dense retrieval)\n\n`faiss.read_index(\"index.faiss\")`: an exact inner-product index "
         "whose row i is document `docids.json[i]`. Encode queries with "
         "`SentenceTransformer(\"model\").encode_query(queries)` and call `index.search(vectors, k)`.\n\n"
+        + (INT8_NOTE if built.dense_quantize == "int8" else "")
         + (FUSION_NOTE if built.hybrid else ""))
 
 
@@ -476,10 +483,6 @@ def milvus_hybrid_run(folder: Path, queries: dict[str, str], k: int = 10) -> dic
     encoder, vocab = IdfQueryEncoder(tokenizer, read_idf_json(folder / "query" / "idf.json", tokenizer)), \
         tokenizer.get_vocab()
     dense_model = SentenceTransformer(str(folder / "query" / "dense-model"), device="cpu")
-    if manifest_json.get("dense", {}).get("quantize") == "int8":  # queries at the index's precision
-        from stillhouse.retrievers.dense import quantize_int8
-
-        dense_model = quantize_int8(dense_model)
     client = MilvusClient(uri=str(folder / "stillhouse.db"))
     client.load_collection("hybrid")  # a reopened database starts with its collections released
     run = {}

@@ -121,6 +121,12 @@ class StageTask(luigi.Task):
         """A short human name for logs and status (family plus what distinguishes it)."""
         return self.task_family
 
+    def ran_on(self) -> dict[str, str]:
+        """The device and precision this task's provenance records (asked once it has built)."""
+        from stillhouse.retrievers.dense import device_record
+
+        return device_record()
+
     def run(self) -> None:
         if self.out_dir.is_dir():  # a twin task (same fingerprint, other parameters) already built it
             log.info("%s: already built -> %s", self.label(), self.out_dir)
@@ -128,14 +134,13 @@ class StageTask(luigi.Task):
         from contextlib import nullcontext
 
         from stillhouse.pipelines.gpu_slots import gpu_slot
-        from stillhouse.retrievers.dense import device_record
 
         started = time.time()
         log.info("%s: starting -> %s", self.label(), self.out_dir)
         with atomic_dir(self.out_dir) as tmp, (gpu_slot(Path(self.workdir)) if self.uses_gpu else nullcontext({})) \
                 as slot:
             self.build(tmp)
-            ran_on = device_record()
+            ran_on = self.ran_on()
             write_json_atomic(tmp / "provenance.json", {**ran_on, **slot,
                 "task": self.task_family, "task_id": self.task_id, "fingerprint": self.fingerprint(),
                 "params": recursively_unfreeze(self.fingerprint_payload()), "host": socket.gethostname(),

@@ -139,6 +139,19 @@ class DenseTask(ModelTask):
     max_seq_length = luigi.IntParameter(default=0)
     quantize = luigi.ChoiceParameter(choices=QUANTIZE_CHOICES, default="none")  # int8: CPU, int8 linear layers
 
+    @property
+    def uses_gpu(self) -> bool:  # int8 kernels run on the CPU: no GPU slot to hold
+        return self.quantize != "int8"
+
+    def ran_on(self) -> dict[str, str]:
+        return {"device": "cpu", "precision": "int8"} if self.quantize == "int8" else super().ran_on()
+
+    def fingerprint_payload(self) -> dict:
+        params = super().fingerprint_payload()
+        if params.get("quantize") == "none":  # fp32, as every index was encoded before the setting: same cache
+            params.pop("quantize")
+        return params
+
     def encoder_kwargs(self) -> dict:
         return {"dataset": self.dataset, "model": self.model, "model_task": self.model_task, "shards": self.shards,
                 "batch_size": self.batch_size, "max_seq_length": self.max_seq_length, "quantize": self.quantize}
