@@ -108,7 +108,7 @@ def test_an_int8_dense_retriever_encodes_both_sides_in_int8_and_scores_near_fp32
     import numpy as np
     import torch
 
-    from stillhouse.retrievers.dense import load_sentence_encoder
+    from stillhouse.retrievers.dense import INT8_RECIPE, load_sentence_encoder
 
     work = tmp_path / "work"
     shutil.copytree(baseline_run, work, symlinks=True)
@@ -119,14 +119,15 @@ def test_an_int8_dense_retriever_encodes_both_sides_in_int8_and_scores_near_fp32
     new = {key.split("/")[0] for key in set(task_outputs(work)) - set(before)}
     assert new == {"EncodeShard", "DenseIndex", "DenseSearch", "Evaluate", "Report"}  # MiniLM's fetch is shared
 
-    (shard,) = [p for p in work.glob("EncodeShard/*") if p.name not in {k.split("/")[1] for k in before}]
+    fp32_shard_names = {key.split("/")[1] for key in before if key.startswith("EncodeShard/")}
+    (shard,) = [p for p in work.glob("EncodeShard/*") if p.name not in fp32_shard_names]
     assert json.loads((shard / "timing.json").read_text())["quantize"] == "int8"
     provenance = json.loads((shard / "provenance.json").read_text())
     assert provenance["params"]["quantize"] == "int8" and (provenance["device"], provenance["precision"]) == (
         "cpu", "int8")
     assert all("quantize" not in json.loads((work / key / "provenance.json").read_text())["params"]
                for key in before if key.startswith("EncodeShard/"))  # fp32: the fingerprint it had before the setting
-    fp32_shards = sorted((p for p in work.glob("EncodeShard/*") if p.name in {k.split("/")[1] for k in before}),
+    fp32_shards = sorted((p for p in work.glob("EncodeShard/*") if p.name in fp32_shard_names),
                          key=lambda p: int(json.loads((p / "provenance.json").read_text())["params"]["shard"]))
     # The 4 fp32 shards in order hold the corpus as the single int8 shard does: rows match.
     fp32_rows = np.concatenate([np.load(p / "embeddings.npy") for p in fp32_shards])
@@ -140,6 +141,11 @@ def test_an_int8_dense_retriever_encodes_both_sides_in_int8_and_scores_near_fp32
     model = load_sentence_encoder(model_dir, quantize="int8")
     assert any(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in model.modules())
     assert str(model.device) == "cpu"
+    # The recipe the export hands a service (manifest.json, the FAISS README) builds the same encoder.
+    fp32_model = load_sentence_encoder(model_dir, device="cpu", half=False)
+    recipe_model = eval(INT8_RECIPE, {"torch": torch, "model": fp32_model})
+    queries = ["vitamin d and infections", "statins lower ldl cholesterol"]
+    np.testing.assert_allclose(recipe_model.encode(queries), model.encode(queries), rtol=0, atol=1e-6)
 
     results = report_results(work)
     assert set(results) == {"bm25", "minilm", "minilm-int8"}

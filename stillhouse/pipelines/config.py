@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from stillhouse.eval.metrics import DEFAULT_METRICS, MEASURE_NAMES
+from stillhouse.retrievers.dense import Quantize
 from stillhouse.retrievers.errors import UserError
 from stillhouse.retrievers.hybrid import MIN_SELECTION_QUERIES
 from stillhouse.retrievers.model_sources import ModelSource
@@ -69,7 +70,7 @@ class DenseRetriever(_Strict):
     shards: int = Field(4, ge=1)
     max_seq_length: int = Field(0, ge=0, description="0 keeps the model's own limit")
     top_k: int = Field(100, ge=1)
-    quantize: Literal["none", "int8"] = Field(
+    quantize: Quantize = Field(
         "none", description="int8: corpus and queries encoded on the CPU with int8 linear layers, one scale per "
                             "output channel (retrievers.dense.quantize_int8; MiniLM 1.8x faster, level on SciFact "
                             "train)")

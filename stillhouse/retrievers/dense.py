@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -36,7 +37,11 @@ def device_record() -> dict[str, str]:
             "precision": "bf16" if torch.cuda.is_bf16_supported() else "fp32"}
 
 
-QUANTIZE_CHOICES = ("none", "int8")
+Quantize = Literal["none", "int8"]  # a dense retriever's encoding: fp32/bf16 as loaded, or int8 (quantize_int8)
+QUANTIZE_CHOICES: tuple[str, ...] = get_args(Quantize)
+# What quantize_int8 does, as a service re-creates it to encode queries like the index (export READMEs, manifest).
+INT8_RECIPE = ("torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear: "
+               "torch.ao.quantization.per_channel_dynamic_qconfig}, dtype=torch.qint8)")
 
 
 def quantize_int8(model):

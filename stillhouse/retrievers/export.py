@@ -42,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
+from stillhouse.retrievers.dense import INT8_RECIPE
 from stillhouse.retrievers.errors import UserError
 from stillhouse.retrievers.impact_index import IMPACT_SCALE  # the index stores round(weight x IMPACT_SCALE)
 
@@ -156,9 +157,7 @@ def manifest(built: BuiltIndexes) -> dict:
                             "encode": "SentenceTransformer('query/dense-model').encode_query(texts)",
                             "quantize": built.dense_quantize}
         if built.dense_quantize == "int8":
-            payload["dense"]["encode"] += (", its nn.Linear layers first quantized with torch.ao.quantization."
-                                           "quantize_dynamic(model, {nn.Linear: per_channel_dynamic_qconfig}, "
-                                           "dtype=torch.qint8), as the index was")
+            payload["dense"]["encode"] += f", the model first quantized as the index was: {INT8_RECIPE}"
     if built.sparse_index:
         payload["sparse"] = {"field": "sparse", "impact_scale": IMPACT_SCALE, "tokenizer": "query/tokenizer",
                              "query_weights": "query/idf.json",
@@ -216,9 +215,7 @@ def export_lucene(built: BuiltIndexes, out: Path) -> None:
 
 
 INT8_NOTE = ("The index was encoded with int8 linear layers (`manifest.json`: `dense.quantize`): encode queries the "
-             "same way, `torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear: "
-             "torch.ao.quantization.per_channel_dynamic_qconfig}, dtype=torch.qint8)` on the CPU, before "
-             "`encode_query`.\n\n")
+             f"same way, `model = {INT8_RECIPE}` on the CPU, before `encode_query`.\n\n")
 
 
 def export_faiss(built: BuiltIndexes, out: Path) -> None:
