@@ -10,6 +10,7 @@ import socket
 import time
 import traceback
 from pathlib import Path
+from typing import ClassVar
 
 import luigi
 from luigi.freezing import recursively_unfreeze
@@ -63,6 +64,9 @@ class StageTask(luigi.Task):
     # Raised when a code change alters the output while every parameter stays the same (a fixed method detail):
     # it enters the fingerprint (when above 0), so cached outputs of the old code are not reused.
     version: int = 0
+    # Parameters added after outputs were cached, at the value that reproduces those outputs: a parameter enters
+    # the fingerprint only when set to something else, so the cache stays valid (``{"quantize": "none"}``).
+    unkeyed_defaults: ClassVar[dict[str, str]] = {}
     # Runs a model (encoding, generation, training): holds one GPU slot while it builds, when the run has slots
     # (``stillhouse.pipelines.gpu_slots``).
     uses_gpu: bool = False
@@ -81,6 +85,9 @@ class StageTask(luigi.Task):
         for name, param in self.get_params():
             if isinstance(param, UpstreamParameter):  # enters through requires(): its fingerprint, not its id
                 params.pop(name, None)
+        for name, value in self.unkeyed_defaults.items():
+            if params.get(name) == value:
+                params.pop(name)
         return params
 
     def implied_requirements(self) -> list[StageTask]:

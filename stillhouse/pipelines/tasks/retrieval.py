@@ -11,6 +11,7 @@ import os
 import shutil
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import luigi
 import numpy as np
@@ -138,6 +139,8 @@ class DenseTask(ModelTask):
     batch_size = luigi.IntParameter(default=64)
     max_seq_length = luigi.IntParameter(default=0)
     quantize = luigi.ChoiceParameter(choices=QUANTIZE_CHOICES, default="none")  # int8: CPU, int8 linear layers
+    # fp32, as every index was encoded before the setting: the same fingerprints, the same cache
+    unkeyed_defaults: ClassVar[dict[str, str]] = {"quantize": "none"}
 
     @property
     def uses_gpu(self) -> bool:  # int8 kernels run on the CPU: no GPU slot to hold
@@ -145,12 +148,6 @@ class DenseTask(ModelTask):
 
     def ran_on(self) -> dict[str, str]:
         return {"device": "cpu", "precision": "int8"} if self.quantize == "int8" else super().ran_on()
-
-    def fingerprint_payload(self) -> dict:
-        params = super().fingerprint_payload()
-        if params.get("quantize") == "none":  # fp32, as every index was encoded before the setting: same cache
-            params.pop("quantize")
-        return params
 
     def encoder_kwargs(self) -> dict:
         return {"dataset": self.dataset, "model": self.model, "model_task": self.model_task, "shards": self.shards,
