@@ -125,8 +125,8 @@ def test_an_int8_dense_retriever_encodes_both_sides_in_int8_and_scores_near_fp32
     provenance = json.loads((shard / "provenance.json").read_text())
     assert provenance["params"]["quantize"] == "int8" and (provenance["device"], provenance["precision"]) == (
         "cpu", "int8")
-    assert all("quantize" not in json.loads((work / key / "provenance.json").read_text())["params"]
-               for key in before if key.startswith("EncodeShard/"))  # fp32: the fingerprint it had before the setting
+    assert all("quantize" not in json.loads((work / "EncodeShard" / name / "provenance.json").read_text())["params"]
+               for name in fp32_shard_names)  # fp32: the fingerprint it had before the setting
     fp32_shards = sorted((p for p in work.glob("EncodeShard/*") if p.name in fp32_shard_names),
                          key=lambda p: int(json.loads((p / "provenance.json").read_text())["params"]["shard"]))
     # The 4 fp32 shards in order hold the corpus as the single int8 shard does: rows match.
